@@ -1,0 +1,140 @@
+"""The contract between the training loop (`common.train`) and an algorithm.
+
+Each algorithm has an adapter module ``common/algos/<name>.py`` that imports its package
+(``sfb``, ``dho``, ...) and exposes three functions:
+
+  ``default_config() -> ml_collections.ConfigDict``
+      Its own fields, placed under ``config.algo`` by the config files.
+  ``validate(config, dataset: common.data.Dataset) -> None``
+      Raises ``common.errors.ConfigError(field, message)`` for bad input, before any compile.
+  ``build(config, ctx: BuildContext) -> Method``
+      Everything the loop needs to run it.
+
+and, optionally, ``partition_rows(config, num_rows, num_devices) -> list[np.ndarray]`` when
+the algorithm decides which training rows live on which device (redundant allocations).
+
+The loop runs ``jax.jit(jax.shard_map(method.local_step, ...))`` over the 1-D mesh with axis
+``"data"``: params replicated (``P()``), optimizer state laid out by ``method.state_specs``,
+the data shard ``P("data")``, and a replicated step key ``fold_in(seed_key, step)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import numpy as np
+import optax
+from jax import lax
+
+from common.data import Dataset, Shard, sample_batch
+from common.models import Model
+
+AXIS = "data"
+
+# (params, opt_state, shard, key) -> (params, opt_state, metrics); runs per device.
+LocalStep = Callable[[Any, Any, Shard, jax.Array], tuple[Any, Any, dict[str, jax.Array]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildContext:
+  """What an adapter's ``build`` receives."""
+  model: Model
+  dataset: Dataset
+  params: Any                  # initial (replicated) params, host arrays
+  num_devices: int             # P, size of the "data" axis
+  batch_per_device: int        # config.batch_size // P
+  axis_name: str = AXIS
+
+  def loss_fn(self, params, batch: Shard):
+    """Masked mean loss of the model on ``batch``."""
+    return self.model.loss(params, batch.x, batch.y, batch.mask)
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """A runnable algorithm.
+
+  Attributes:
+    init_state: ``(params, key) -> opt_state`` on the host, global view. Per-worker leaves
+      carry a leading axis of size P and are given ``P("data")`` by ``state_specs``.
+    local_step: per-device step (see ``LocalStep``); must return replicated params and
+      replicated scalar metrics, at least ``"loss"`` (the mean training loss of the step).
+    state_specs: ``opt_state -> PartitionSpec tree``; default replicates everything.
+    analytic_payload: bytes each device sends per step according to the algorithm's own
+      accounting; logged next to the counter's measurement (None: not declared).
+    describe: one line shown at start-up.
+  """
+  init_state: Callable[[Any, jax.Array], Any]
+  local_step: LocalStep
+  state_specs: Callable[[Any], Any] | None = None
+  analytic_payload: float | None = None
+  describe: str = ""
+
+
+def replicated_specs(tree) -> Any:
+  return jax.tree.map(lambda _: jax.P(), tree)
+
+
+def worker_key(key: jax.Array, axis_name: str | None = AXIS) -> jax.Array:
+  """Per-device key ``fold_in(key, axis_index)`` (identity when ``axis_name`` is None)."""
+  return key if axis_name is None else jax.random.fold_in(key, lax.axis_index(axis_name))
+
+
+def local_gradient_method(ctx: BuildContext, tx: optax.GradientTransformation, *,
+                          grad_fn: Callable | None = None,
+                          extra_args_fn: Callable | None = None,
+                          worker_leaves: Callable | None = None,
+                          analytic_payload: float | None = None,
+                          describe: str = "") -> Method:
+  """The standard step: local minibatch, local gradient, ``tx`` does the exchange.
+
+  The gradient is taken at ``lax.pcast(params, axis, to="varying")`` so it is this
+  device's own gradient (no implicit all-reduce); ``tx.update`` receives it and is
+  responsible for all communication.
+
+  Args:
+    ctx: build context.
+    tx: the optax transformation (with ``axis_name=ctx.axis_name``).
+    grad_fn: ``(varying_params, batch) -> (loss, grads)``; default ``value_and_grad`` of
+      ``ctx.loss_fn``. (SFB passes its factored gradient here.)
+    extra_args_fn: ``(params, batch, key) -> dict`` of extra keyword args for ``tx.update``.
+    worker_leaves: ``opt_state -> bool tree``: leaves that differ per worker (error feedback,
+      residuals). They are stored with a leading axis of size P and spec ``P("data")``; the
+      step hands ``tx`` the device's own slice without that axis. Default: none.
+    analytic_payload, describe: see ``Method``.
+  """
+  axis = ctx.axis_name
+  grad_fn = grad_fn or jax.value_and_grad(ctx.loss_fn)
+  marks = worker_leaves or (lambda state: jax.tree.map(lambda _: False, state))
+
+  def on_marked(fn, state):
+    return jax.tree.map(lambda leaf, m: fn(leaf) if m else leaf, state, marks(state))
+
+  def init_state(params, key):
+    del key
+    return on_marked(lambda x: np.broadcast_to(x, (ctx.num_devices,) + x.shape).copy(),
+                     jax.device_get(tx.init(params)))
+
+  def state_specs(state):
+    return jax.tree.map(lambda m: jax.P(axis) if m else jax.P(), marks(state))
+
+  def local_step(params, opt_state, shard, key):
+    batch = sample_batch(shard, worker_key(key, axis), ctx.batch_per_device)
+    loss, grads = grad_fn(lax.pcast(params, axis, to="varying"), batch)
+    extra = extra_args_fn(params, batch, key) if extra_args_fn else {}
+    opt_state = on_marked(lambda x: x[0], opt_state)
+    updates, opt_state = tx.update(grads, opt_state, params, **extra)
+    params = optax.apply_updates(params, updates)
+    return params, on_marked(lambda x: x[None], opt_state), {"loss": lax.pmean(loss, axis)}
+
+  return Method(init_state=init_state, local_step=local_step, state_specs=state_specs,
+                analytic_payload=analytic_payload, describe=describe)
+
+
+def param_count(params) -> int:
+  return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(params)))
+
+
+def param_bytes(params) -> int:
+  return int(sum(np.prod(np.shape(x)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(params)))

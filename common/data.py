@@ -1,0 +1,152 @@
+"""Named datasets, deterministic splits, and row sharding over the device mesh.
+
+Datasets (``config.dataset``):
+  * ``digits``          sklearn 8x8 digits, 1797 rows, 64 features in [0, 1], 10 classes;
+  * ``breast_cancer``   sklearn Wisconsin breast cancer, 569 rows, 30 standardised features, 2 classes;
+  * ``synthetic``       Gaussian multiclass with J = ``num_classes`` classes, D = ``num_features``
+                        features and N = ``num_rows`` rows (the large-J, large-D regime of SFB);
+  * ``sparse_logistic`` synthetic binary problem whose true weight vector is sparse;
+  * ``svmlight:<path>`` any LIBSVM/svmlight file, read with sklearn's reader (labels remapped to 0..C-1).
+
+Sharding never drops rows: a split with n rows over P devices becomes P shards of
+``ceil(n / P)`` rows, padded with zero rows whose ``mask`` is 0.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from common.errors import ConfigError
+
+DATASETS = ("digits", "breast_cancer", "synthetic", "sparse_logistic", "svmlight:<path>")
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """A train/test split held on the host as numpy arrays."""
+  name: str
+  x_train: np.ndarray   # float32 [n_train, D]
+  y_train: np.ndarray   # int32 [n_train], labels in 0..num_classes-1
+  x_test: np.ndarray
+  y_test: np.ndarray
+  num_classes: int
+
+  @property
+  def num_features(self) -> int:
+    return int(self.x_train.shape[1])
+
+  @property
+  def num_train(self) -> int:
+    return int(self.x_train.shape[0])
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Shard:
+  """One device's rows inside ``shard_map`` (or the global rows outside it)."""
+  x: jax.Array      # [rows, D]
+  y: jax.Array      # [rows]
+  mask: jax.Array   # [rows] float32: 1 for a real row, 0 for padding
+
+
+def _split(name, x, y, num_classes, test_fraction, seed) -> Dataset:
+  x = np.asarray(x, np.float32)
+  y = np.asarray(y, np.int32)
+  order = np.random.default_rng(seed).permutation(len(y))
+  n_test = int(round(test_fraction * len(y)))
+  test, train = order[:n_test], order[n_test:]
+  return Dataset(name, x[train], y[train], x[test], y[test], int(num_classes))
+
+
+def _standardise(x: np.ndarray) -> np.ndarray:
+  return (x - x.mean(0)) / np.maximum(x.std(0), 1e-12)
+
+
+def load(name: str, *, seed: int = 0, test_fraction: float = 0.2, num_classes: int = 10,
+         num_features: int = 64, num_rows: int = 4096, sparsity: float = 0.1,
+         noise: float = 1.0) -> Dataset:
+  """Loads dataset ``name`` with a deterministic train/test split (see module docstring)."""
+  if name == "digits":
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    return _split(name, d.data / 16.0, d.target, 10, test_fraction, seed)
+  if name == "breast_cancer":
+    from sklearn.datasets import load_breast_cancer
+    d = load_breast_cancer()
+    return _split(name, _standardise(d.data), d.target, 2, test_fraction, seed)
+  if name == "synthetic":
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(num_classes, num_features)) / np.sqrt(num_features) * 3.0
+    y = rng.integers(0, num_classes, size=num_rows)
+    x = centers[y] + noise * rng.normal(size=(num_rows, num_features)) / np.sqrt(num_features)
+    return _split(name, x, y, num_classes, test_fraction, seed)
+  if name == "sparse_logistic":
+    rng = np.random.default_rng(seed)
+    w = np.zeros(num_features)
+    support = rng.choice(num_features, max(1, int(sparsity * num_features)), replace=False)
+    w[support] = rng.normal(size=len(support)) * 2.0
+    x = rng.normal(size=(num_rows, num_features))
+    logits = x @ w / np.sqrt(len(support))
+    y = (rng.uniform(size=num_rows) < 1 / (1 + np.exp(-logits))).astype(np.int32)
+    return _split(name, x, y, 2, test_fraction, seed)
+  if name.startswith("svmlight:"):
+    path = name.split(":", 1)[1]
+    if not os.path.isfile(path):
+      raise ConfigError("dataset", f"svmlight file {path!r} does not exist or is not a file")
+    from sklearn.datasets import load_svmlight_file
+    try:
+      x, y = load_svmlight_file(path)
+    except Exception as e:  # sklearn raises ValueError/OSError with parser details
+      raise ConfigError("dataset", f"cannot read svmlight file {path!r}: {e}") from None
+    classes, y = np.unique(y, return_inverse=True)
+    return _split(name, x.toarray(), y, len(classes), test_fraction, seed)
+  raise ConfigError("dataset", f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
+
+
+def shard_rows(x: np.ndarray, y: np.ndarray, num_devices: int,
+               partition: Sequence[np.ndarray] | None = None) -> Shard:
+  """Lays rows out as ``num_devices`` equal blocks (host numpy), padding with masked rows.
+
+  Args:
+    x, y: all rows.
+    num_devices: P.
+    partition: optional list of P index arrays, the rows device p holds (a row may appear on
+      several devices: redundant allocations such as gradient coding). Default: contiguous
+      near-equal blocks of ``np.array_split``.
+  Returns:
+    Shard of numpy arrays with leading dimension ``P * rows_per_device``.
+  """
+  if partition is None:
+    partition = np.array_split(np.arange(len(y)), num_devices)
+  if len(partition) != num_devices:
+    raise ValueError(f"partition has {len(partition)} blocks for {num_devices} devices")
+  rows = max(len(p) for p in partition)
+  xs = np.zeros((num_devices, rows) + x.shape[1:], x.dtype)
+  ys = np.zeros((num_devices, rows), y.dtype)
+  ms = np.zeros((num_devices, rows), np.float32)
+  for d, idx in enumerate(partition):
+    idx = np.asarray(idx, np.int64)
+    xs[d, :len(idx)], ys[d, :len(idx)], ms[d, :len(idx)] = x[idx], y[idx], 1.0
+  return Shard(xs.reshape((-1,) + x.shape[1:]), ys.reshape(-1), ms.reshape(-1))
+
+
+def sample_batch(shard: Shard, key: jax.Array, batch_size: int) -> Shard:
+  """Draws ``batch_size`` real rows (with replacement) from a device's shard, inside jit.
+
+  Padding rows have zero probability; the returned mask is all ones.
+  """
+  p = shard.mask / jnp.sum(shard.mask)
+  idx = jax.random.choice(key, shard.mask.shape[0], (batch_size,), replace=True, p=p)
+  return Shard(shard.x[idx], shard.y[idx], jnp.ones((batch_size,), jnp.float32))
+
+
+def epoch_batches(num_rows: int, batch_size: int, key: jax.Array) -> jax.Array:
+  """A permutation of ``num_rows`` row indices cut into ``[num_rows // batch_size, batch_size]``."""
+  perm = jax.random.permutation(key, num_rows)
+  usable = (num_rows // batch_size) * batch_size
+  return perm[:usable].reshape(-1, batch_size)
