@@ -219,6 +219,12 @@ def _write_json(path, obj):
     json.dump(obj, f, indent=2, sort_keys=True, default=str)
 
 
+def save_params(path: str, params) -> None:
+  """Writes params as a flat ``.npz`` keyed by their tree paths (any process may call it)."""
+  flat = {jax.tree_util.keystr(k): mesh_lib.fetch(v) for k, v in jax.tree_util.tree_leaves_with_path(params)}
+  np.savez(path, **flat)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str | None = None, *, quiet: bool = False,
         step_timeout_s: float = 0, stop_after: int | None = None) -> RunResult:
   """Validates, builds and runs ``config``; see the module docstring.
@@ -281,8 +287,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None, *, quiet:
         status = "nan"
         raise NonFiniteError(
             f"step {step}: loss={metrics['loss']} param_norm={metrics['param_norm']} is not finite; "
-            f"stopped. Last good checkpoint: step {last_good}"
-            + (f" in {ckpt.dir}" if ckpt else " (checkpoints disabled)")
+            + (f"stopped. Last good checkpoint: step {last_good} in {ckpt.dir}"
+               if ckpt and ckpt.latest_step() is not None else "stopped. No checkpoint was written yet")
             + ". Lower --config.lr or check the data.")
       record = dict(metrics, bytes=report.payload, cum_bytes=report.payload * step)
       if config.eval_every and (step % config.eval_every == 0 or step == config.num_steps):
@@ -311,6 +317,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None, *, quiet:
                num_processes=jax.process_count(), algorithm=config.algorithm, status=status)
   if workdir and primary:
     _write_json(os.path.join(workdir, "summary.json"), final)
+    save_params(os.path.join(workdir, "final_params.npz"), params)
   say("done: step %d | train loss %.5f | test loss %.5f | test accuracy %.4f | %s/step | %.1f steps/s",
       step, final["train_loss"], final["test_loss"], final["test_accuracy"],
       human_bytes(report.payload), final["steps_per_s"])
