@@ -1,0 +1,65 @@
+"""Plots of one or more runs: loss vs steps and loss vs cumulative bytes (headless PNG).
+
+    python -m common.plots runs/a runs/b --out plots/compare.png [--labels A B] [--metric loss]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from common.metrics import read_metrics  # noqa: E402
+
+
+def _label(workdir: str) -> str:
+  path = os.path.join(workdir, "config.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      c = json.load(f)
+    return f"{c.get('algorithm')} ({os.path.basename(os.path.normpath(workdir))})"
+  return os.path.basename(os.path.normpath(workdir))
+
+
+def plot_runs(workdirs, out: str, labels=None, metric: str = "loss", logy: bool = True) -> str:
+  """Writes a two-panel PNG (metric vs step, metric vs cumulative payload bytes); returns ``out``."""
+  labels = labels or [_label(w) for w in workdirs]
+  fig, (ax_steps, ax_bytes) = plt.subplots(1, 2, figsize=(11, 4))
+  for workdir, label in zip(workdirs, labels):
+    rows = [r for r in read_metrics(workdir) if r.get(metric) is not None]
+    steps = [r["step"] for r in rows]
+    values = [r[metric] for r in rows]
+    ax_steps.plot(steps, values, label=label)
+    ax_bytes.plot([r["cum_bytes"] / 2**20 for r in rows], values, label=label)
+  ax_steps.set_xlabel("step")
+  ax_bytes.set_xlabel("cumulative payload per device (MiB)")
+  for ax in (ax_steps, ax_bytes):
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    if logy:
+      ax.set_yscale("log")
+  ax_bytes.legend(fontsize=8)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  fig.savefig(out, dpi=110)
+  plt.close(fig)
+  return out
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("workdirs", nargs="+")
+  parser.add_argument("--out", default="plots/runs.png")
+  parser.add_argument("--labels", nargs="*")
+  parser.add_argument("--metric", default="loss")
+  parser.add_argument("--linear", action="store_true", help="linear y axis")
+  args = parser.parse_args(argv)
+  print(plot_runs(args.workdirs, args.out, args.labels, args.metric, logy=not args.linear))
+
+
+if __name__ == "__main__":
+  main()
