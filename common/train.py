@@ -249,7 +249,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None, *, quiet:
     from common.checkpoint import Checkpointer
     ckpt = Checkpointer(workdir)
 
-  say = (lambda *a: None) if quiet else logging.info
+  say = logging.info if primary and not quiet else (lambda *a: None)
   num_devices = exp.mesh.shape[AXIS]
   say("%s | %s | %s on %d %s devices (%d process(es)) | %d params",
       config.algorithm, exp.method.describe or "", config.model, num_devices, jax.default_backend(),
