@@ -80,3 +80,13 @@ def test_text_input_and_bad_type():
   assert collective_bytes("HloModule m\n").payload == 0
   with pytest.raises(TypeError):
     collective_bytes(3)
+
+
+def test_all_to_all_and_collective_permute():
+  r = _count(lambda x: lax.all_to_all(x, "data", 0, 0, tiled=True), 4, jnp.ones(64),
+             in_specs=P("data"), out_specs=P("data"))
+  assert [c.kind for c in r.collectives] == ["all-to-all"]
+  assert (r.payload, r.wire) == (64, 48)  # f32[16] per device; 3/4 of it leaves the device
+  perm = [(i, (i + 1) % 4) for i in range(4)]
+  r = _count(lambda x: lax.ppermute(x, "data", perm), 4, jnp.ones(64), in_specs=P("data"), out_specs=P("data"))
+  assert [c.kind for c in r.collectives] == ["collective-permute"] and r.payload == 64
