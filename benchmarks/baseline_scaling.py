@@ -32,14 +32,8 @@ def measure(num_devices: int, steps: int, widths=(256, 256)) -> dict:
   compiled = lowered.compile()
   t2 = time.perf_counter()
   report = comm.collective_bytes(compiled)
-  params, state = exp.params, exp.opt_state
-  times = []
-  for step in range(1, steps + 1):
-    s = time.perf_counter()
-    params, state, metrics = compiled(params, state, exp.shard, exp.key(step))
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - s)
-  n_params = sum(x.size for x in jax.tree.leaves(params))
+  n_params = sum(x.size for x in jax.tree.leaves(exp.params))
+  times, _ = exp.time_steps(compiled, steps)
   return dict(devices=num_devices, lower_s=t1 - t0, compile_s=t2 - t1,
               step_ms=1e3 * float(np.median(times[10:])), payload=report.payload, wire=report.wire,
               analytic=exp.method.analytic_payload, params=n_params)

@@ -35,14 +35,8 @@ def time_config(spec: str, steps: int) -> dict:
   t0 = time.perf_counter()
   compiled = exp.compile()
   compile_s = time.perf_counter() - t0
-  params, state = exp.params, exp.opt_state
-  times = []
-  for step in range(1, steps + 1):
-    s = time.perf_counter()
-    params, state, metrics = compiled(params, state, exp.shard, exp.key(step))
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - s)
-  loss = float(mesh_lib.fetch(metrics["loss"]))
+  times, metrics = exp.time_steps(compiled, steps)
+  loss = metrics["loss"]
   return dict(config=spec, algorithm=config.algorithm, compile_s=compile_s,
               step_ms=1e3 * float(np.median(times[min(10, steps - 1):])), loss=loss, batch=config.batch_size)
 

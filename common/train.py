@@ -127,6 +127,19 @@ class Experiment:
   def compile(self):
     return self.step_fn.lower(self.params, self.opt_state, self.shard, self.key(0)).compile()
 
+  def time_steps(self, compiled, steps: int):
+    """Runs ``steps`` steps from the initial state, blocking each; returns (seconds per step, metrics).
+
+    Consumes the initial params and state (the step donates them).
+    """
+    params, state, times, metrics = self.params, self.opt_state, [], {}
+    for step in range(1, steps + 1):
+      start = time.perf_counter()
+      params, state, metrics = compiled(params, state, self.shard, self.key(step))
+      jax.block_until_ready(metrics)
+      times.append(time.perf_counter() - start)
+    return times, {k: float(mesh_lib.fetch(v)) for k, v in metrics.items()}
+
 
 def _to_dtype(tree, dtype):
   return jax.tree.map(lambda x: np.asarray(x, dtype) if np.issubdtype(np.asarray(x).dtype, np.floating) else x,
