@@ -1,0 +1,25 @@
+"""Sufficient Factor Broadcasting (Xie et al., arXiv 1511.08486; Poseidon, ATC'17).
+
+Matrix parameters exchange per-row factors (u, v) instead of their J×D gradient; exact.
+
+    tx = optax.chain(sfb.scale_by_sfb("data"), optax.adam(1e-3))
+    plan = sfb.plan(loss_fn, params, x, y, num_devices=8)          # which Dense layers use SFB
+    grad_fn = sfb.factored_value_and_grad(loss_fn, plan)             # inside shard_map
+"""
+from sfb.aggregate import gather_factors, scale_by_sfb, sfb, sfb_mean_gradient
+from sfb.capture import factored_value_and_grad, module_calls
+from sfb.factors import FromFactors, SufficientFactors, reconstruct
+from sfb.models import (metric_learning_factors, nmf_codes, nmf_factors, nonnegative, project,
+                        softmax_factors, sparse_codes, sparse_coding_factors, squared_hinge_factors,
+                        unit_columns)
+from sfb.sdca import SDCA, SDCAState, sdca
+from sfb.plan import (RULES, LayerPlan, Plan, choose_sfb, dense_bytes, gathered_bytes, payload_bytes,
+                      plan, wire_bytes)
+
+__all__ = [
+    "FromFactors", "LayerPlan", "Plan", "RULES", "SDCA", "SDCAState", "sdca", "metric_learning_factors",
+    "nmf_codes", "nmf_factors", "nonnegative", "project", "softmax_factors", "sparse_codes",
+    "sparse_coding_factors", "squared_hinge_factors", "unit_columns", "SufficientFactors", "choose_sfb", "dense_bytes",
+    "factored_value_and_grad", "gather_factors", "gathered_bytes", "module_calls", "payload_bytes",
+    "plan", "reconstruct", "scale_by_sfb", "sfb", "sfb_mean_gradient", "wire_bytes",
+]
