@@ -1,0 +1,359 @@
+"""DAP-SVRG and its relatives as optax transformations (round model of simulated asynchrony).
+
+References:
+  [HGH] Z. Huo, B. Gu, H. Huang, *Decoupled Asynchronous Proximal Stochastic Gradient Descent
+        with Variance Reduction*, arXiv:1609.06804 (DAP-SVRG, Alg. 1: worker prox, server add).
+  [LXZL] Y. Li, L. Xu, X. Zhong, Q. Ling, *Make Workers Work Harder: Decoupled Asynchronous
+        Proximal SGD*, arXiv:1605.06619 (DAP-SGD).
+  [XZ]  L. Xiao, T. Zhang, *A Proximal Stochastic Gradient Method with Progressive Variance
+        Reduction*, SIAM J. Optim. 24(4):2057-2075, 2014 (ProxSVRG, Alg. 1).
+  [MCW] Q. Meng et al., *Asynchronous Stochastic Proximal Optimization Algorithms with Variance
+        Reduction*, AAAI 2017, arXiv:1609.08435 (TAP / Async-ProxSVRG: server prox).
+
+Round model (one ``update`` = one round; the mesh axis ``axis_name`` holds the K workers):
+device k reads the server version ``r - d_k`` from a ring buffer of the last ``max_delay + 1``
+round-versions (``read_params``), the caller differentiates its minibatch loss there (``g_r``)
+and at the snapshot (``g_s``), and ``update`` forms the variance-reduced gradient
+``v_k = w_k (g_r - g_s) + mu`` ([XZ] eq. 3, ``w_k = K n_k / n`` for uneven shards). Then
+
+  * ``server="add"`` (DAP, [HGH] Alg. 1): ``Delta_k = prox_{gh}(x_hat_k - g v_k) - x_hat_k`` on the
+    worker, the server adds ``theta * psum_k Delta_k`` (theta = 1 is the paper; theta < 1 is the
+    project's relaxed extension, stable under persistent staleness, spec §2.5);
+  * ``server="prox"`` (TAP, [MCW]): ``all_gather`` of the ``v_k``, then every device applies
+    ``x <- prox_{gh}(x - g v_{pi(j)})`` for the K arrivals in a seeded order ``pi`` (identical on
+    all devices, so params stay replicated), or once with ``sum_j v_j`` (``tap_prox="per_round"``).
+
+Without variance reduction (``dap_sgd``/``tap_sgd``) ``v_k = w_k g_r``. With one device
+(``axis_name=None``) and ``max_delay=0`` all of them are ProxSVRG / proximal SGD exactly.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from vr_prox._prox import is_prox
+
+SCHEDULES = ("uniform", "fixed", "cyclic", "trace")
+_SCHEDULE_ID = {name: i for i, name in enumerate(SCHEDULES)}
+SERVERS = ("add", "prox")
+MODELS = ("round", "serial")
+
+
+class DapSvrgState(NamedTuple):
+  """State of the round-model transformation (replicated across workers).
+
+  Attributes:
+    count: rounds (server versions) since init, int32.
+    inner: rounds since the last ``refresh`` (reads never go further back), int32.
+    head: slot of the current server version in ``history``, int32.
+    snapshot: the epoch snapshot x~.
+    full_grad: mu~ = grad f(x~) (global mean over all rows; set by ``refresh``).
+    num_rows: global row count n (set by ``refresh``; 0 means unknown: shard weight 1).
+    history: every leaf stacked to ``(max_delay + 1, ...)``: the last round-versions.
+    key: PRNG key (uint32[2]) of delays and arrival orders; draws use ``fold_in(key, count)``.
+    schedule: int32[2] = (schedule id, max_delay), so ``read_params`` needs only the state.
+    trace: int32[T, W] replayed delays (``delay_schedule="trace"``), else [1, 1] zeros.
+  """
+  count: jax.Array
+  inner: jax.Array
+  head: jax.Array
+  snapshot: Any
+  full_grad: Any
+  num_rows: jax.Array
+  history: Any
+  key: jax.Array
+  schedule: jax.Array
+  trace: jax.Array
+
+
+# ----------------------------------------------------------------------------- helpers
+def _is_varying(x, axis_name) -> bool:
+  mat = getattr(jax.typeof(x), "manual_axis_type", None)
+  return mat is not None and axis_name in getattr(mat, "varying", ())
+
+
+def to_varying(tree, axis_name: str | None):
+  """``lax.pcast(., to="varying")`` on the leaves that are not already varying over ``axis_name``.
+
+  Differentiate at this point inside ``shard_map``: a gradient w.r.t. a replicated value is
+  silently summed over devices (an all-reduce), one w.r.t. a varying value is local.
+  """
+  if axis_name is None:
+    return tree
+  return jax.tree.map(lambda x: x if _is_varying(x, axis_name) else lax.pcast(x, axis_name, to="varying"),
+                      tree)
+
+
+def _worker(axis_name):
+  return lax.axis_index(axis_name) if axis_name is not None else jnp.zeros([], jnp.int32)
+
+
+def _num_workers(axis_name) -> int:
+  return int(lax.axis_size(axis_name)) if axis_name is not None else 1
+
+
+def _delay(state: DapSvrgState, worker):
+  """Delay (in rounds) of ``worker``'s read in this round, clipped to the current epoch."""
+  sid, max_delay = state.schedule[0], state.schedule[1]
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(state.key, 0), state.count), worker)
+  uniform = jax.random.randint(key, (), 0, max_delay + 1)
+  cyclic = worker % (max_delay + 1)
+  t, w = state.trace.shape
+  trace = state.trace[state.count % t, worker % w]
+  d = jnp.select([sid == 0, sid == 1, sid == 2], [uniform, max_delay, cyclic], trace)
+  return jnp.minimum(d, jnp.minimum(max_delay, state.inner)).astype(jnp.int32)
+
+
+def read_delay(state: DapSvrgState, axis_name: str | None = "data"):
+  """The delay this device's read has in the coming round (diagnostics)."""
+  return _delay(state, _worker(axis_name))
+
+
+def read_params(state: DapSvrgState, axis_name: str | None = "data"):
+  """The (stale) server version this device reads in the coming round: ``history[head - d_k]``.
+
+  Inside ``shard_map`` the result is varying when delays differ across devices. Differentiate
+  the minibatch loss at ``to_varying(read_params(state))`` and pass that as ``updates``.
+  """
+  d = read_delay(state, axis_name)
+  size = jax.tree.leaves(state.history)[0].shape[0]
+  slot = (state.head - d) % size
+  return jax.tree.map(lambda h: h[slot], state.history)
+
+
+def refresh(state: DapSvrgState, params, full_grad, num_rows=None) -> DapSvrgState:
+  """Epoch start ([XZ] Alg. 1 line 3, [HGH] Alg. 1): snapshot x~ = params, mu~ = full_grad.
+
+  Resets the version buffer to the snapshot, so no read crosses an epoch boundary (the
+  authors' epoch barrier). ``num_rows`` is the global n used for the shard weights.
+  """
+  size = jax.tree.leaves(state.history)[0].shape[0]
+  history = jax.tree.map(lambda p: jnp.broadcast_to(p, (size,) + jnp.shape(p)), params)
+  full_grad = jax.tree.map(lambda g, p: jnp.asarray(g, jnp.asarray(p).dtype), full_grad, params)
+  n = state.num_rows if num_rows is None else jnp.asarray(num_rows, state.num_rows.dtype)
+  return state._replace(inner=jnp.zeros_like(state.inner), head=jnp.zeros_like(state.head),
+                        snapshot=params, full_grad=full_grad, num_rows=n, history=history)
+
+
+def _loss_sums(example_loss_fn, params, data, mask):
+  losses = example_loss_fn(params, data)
+  return jnp.sum(losses * mask.astype(losses.dtype))
+
+
+def full_gradient(example_loss_fn: Callable, params, data, mask, axis_name: str | None = "data"):
+  """Exact global mean gradient ``(1/n) sum_i grad f_i(x)`` over every valid row of every shard.
+
+  ``psum`` of the per-shard sums divided by ``psum`` of the per-shard counts: never a mean of
+  shard means, never dropping remainder rows (both move the optimum).
+
+  Args:
+    example_loss_fn: ``(params, data) -> [rows]`` per-row losses f_i.
+    params: the point (replicated).
+    data: pytree of this device's rows (leading axis = rows, padded rows allowed).
+    mask: ``[rows]`` 1 for a real row, 0 for padding.
+    axis_name: worker axis, or None on one device.
+  Returns:
+    (mu, n): the gradient (replicated) and the global row count (params' dtype).
+  """
+  dtype = jax.tree.leaves(params)[0].dtype
+  g = jax.grad(lambda p: _loss_sums(example_loss_fn, p, data, mask))(to_varying(params, axis_name))
+  n = jnp.sum(mask).astype(dtype)
+  if axis_name is not None:
+    g, n = lax.psum((g, n), axis_name)
+  return jax.tree.map(lambda x: x / n, g), n
+
+
+def objective(example_loss_fn: Callable, prox, params, data, mask, axis_name: str | None = "data"):
+  """``P(x) = (1/n) sum_i f_i(x) + h(x)`` over every valid row of every shard (replicated)."""
+  dtype = jax.tree.leaves(params)[0].dtype
+  total = _loss_sums(example_loss_fn, params, data, mask).astype(dtype)
+  n = jnp.sum(mask).astype(dtype)
+  if axis_name is not None:
+    total, n = lax.psum((total, n), axis_name)
+  return total / n + prox.value(params)
+
+
+# ----------------------------------------------------------------------------- transform
+def _check_lr(learning_rate):
+  if callable(learning_rate):
+    return
+  if isinstance(learning_rate, (int, float, np.floating, np.integer)) and not learning_rate > 0:
+    raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+
+
+def dap_svrg(learning_rate, prox, *, axis_name: str | None = "data", max_delay: int = 0,
+             delay_schedule: str = "uniform", delay_trace=None, model: str = "round",
+             relaxation: float | str = 1.0, server: str = "add", tap_prox: str = "per_update",
+             variance_reduction: bool = True, seed: int = 0) -> optax.GradientTransformationExtraArgs:
+  """Decoupled asynchronous proximal SVRG ([HGH] Alg. 1) in the round model (module docstring).
+
+  The prox step needs the step size inside the transformation, so this returns the complete
+  update ``x+ - x`` (no separate ``scale_by_learning_rate``): ``optax.apply_updates`` adds it.
+
+  Args:
+    learning_rate: step gamma (> 0), or a schedule of the round count.
+    prox: a proximal operator (``prox_l1``, ``prox_elastic_net``, ...): ``prox(z, step)`` and
+      ``prox.value(x)``.
+    axis_name: worker mesh axis; None = one worker, no collectives.
+    max_delay: D >= 0, the largest read delay in rounds (staleness in server updates is then
+      up to ``K (D + 1) - 1``).
+    delay_schedule: ``uniform`` (d ~ U{0..D}, seeded per round and worker), ``fixed`` (d = D),
+      ``cyclic`` (worker k uses k mod (D+1)), ``trace`` (replay ``delay_trace[round % T, k]``).
+    delay_trace: int array [T, W] of delays for ``trace`` (values <= max_delay).
+    model: ``"round"``. (The serial model is ``vr_prox.serial_epoch``.)
+    relaxation: server weight theta in (0, 1] of DAP (1 = the paper), or ``"auto"`` =
+      1 / (K (D + 1)), which keeps the dead-zone recursion stable (spec §2.5); the smooth part
+      then moves with step theta*gamma, so scale gamma up by 1/theta.
+    server: ``"add"`` (DAP: workers prox, server adds) or ``"prox"`` (TAP: server prox).
+    tap_prox: TAP only: ``"per_update"`` (one prox per arrival, seeded order) or
+      ``"per_round"`` (one prox of the summed step, the authors' grouped server).
+    variance_reduction: False gives DAP-SGD / TAP-SGD ([LXZL]).
+    seed: seed of the delay and arrival-order draws.
+
+  Extra args of ``update(g_read, state, params, *, snapshot_grads=None, local_count=None)``:
+    ``snapshot_grads``: gradient of the same local minibatch at ``state.snapshot``
+    (required with variance reduction); ``local_count``: rows n_k on this device (shard weight
+    ``w_k = K n_k / n``; None = equal shards, w_k = 1).
+  """
+  _check_lr(learning_rate)
+  if not is_prox(prox):
+    raise ValueError(f"prox must be a proximal operator with __call__(z, step) and value(x) "
+                     f"(e.g. vr_prox.prox_l1(1e-3)); got {prox!r}")
+  if isinstance(max_delay, bool) or not isinstance(max_delay, (int, np.integer)) or max_delay < 0:
+    raise ValueError(f"max_delay must be an integer >= 0, got {max_delay!r}")
+  max_delay = int(max_delay)
+  if delay_schedule not in SCHEDULES:
+    raise ValueError(f"unknown delay_schedule {delay_schedule!r}; allowed: {', '.join(SCHEDULES)}")
+  if delay_schedule == "trace":
+    if delay_trace is None:
+      raise ValueError("delay_schedule='trace' needs delay_trace, an int array [T, workers]")
+    trace = np.asarray(delay_trace)
+    if trace.ndim != 2 or trace.size == 0 or not np.issubdtype(trace.dtype, np.integer):
+      raise ValueError(f"delay_trace must be a non-empty 2-D integer array, got shape {trace.shape}")
+    if trace.min() < 0 or trace.max() > max_delay:
+      raise ValueError(f"delay_trace values must lie in [0, max_delay={max_delay}], "
+                       f"got [{trace.min()}, {trace.max()}]")
+  else:
+    trace = np.zeros((1, 1), np.int32)
+  if model != "round":
+    raise ValueError(f"model {model!r}: the transformation is the 'round' model; the 'serial' model "
+                     "is vr_prox.serial_epoch")
+  if server not in SERVERS:
+    raise ValueError(f"unknown server {server!r}; allowed: {', '.join(SERVERS)}")
+  if tap_prox not in ("per_update", "per_round"):
+    raise ValueError(f"unknown tap_prox {tap_prox!r}; allowed: per_update, per_round")
+  if isinstance(relaxation, str):
+    if relaxation != "auto":
+      raise ValueError(f"relaxation must be a number in (0, 1] or 'auto', got {relaxation!r}")
+  elif isinstance(relaxation, (int, float, np.floating)) and not 0 < relaxation <= 1:
+    raise ValueError(f"relaxation must be in (0, 1], got {relaxation}")
+  schedule = np.asarray([_SCHEDULE_ID[delay_schedule], max_delay], np.int32)
+  trace = trace.astype(np.int32)
+
+  def init_fn(params):
+    dtype = jax.tree.leaves(params)[0].dtype
+    return DapSvrgState(
+        count=jnp.zeros([], jnp.int32), inner=jnp.zeros([], jnp.int32), head=jnp.zeros([], jnp.int32),
+        snapshot=jax.tree.map(jnp.asarray, params), full_grad=optax.tree.zeros_like(params),
+        num_rows=jnp.zeros([], dtype),
+        history=jax.tree.map(lambda p: jnp.broadcast_to(p, (max_delay + 1,) + jnp.shape(p)), params),
+        key=jax.random.PRNGKey(seed), schedule=jnp.asarray(schedule), trace=jnp.asarray(trace))
+
+  def update_fn(updates, state, params=None, *, snapshot_grads=None, local_count=None, **extra):
+    del extra
+    if params is None:
+      raise ValueError("dap_svrg.update needs params (the current server version)")
+    num_workers = _num_workers(axis_name)
+    lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+    if local_count is None:
+      weight = 1.0
+    else:
+      n = state.num_rows
+      weight = jnp.where(n > 0, num_workers * jnp.asarray(local_count, n.dtype) / jnp.where(n > 0, n, 1), 1.0)
+    if variance_reduction:
+      if snapshot_grads is None:
+        raise ValueError("dap_svrg with variance reduction needs the extra arg snapshot_grads "
+                         "(gradient of the same minibatch at state.snapshot)")
+      v = jax.tree.map(lambda g, s, mu: weight * (g - s) + mu, updates, snapshot_grads, state.full_grad)
+    else:
+      v = jax.tree.map(lambda g: weight * g, updates)
+    x_hat = read_params(state, axis_name)
+
+    if server == "add":
+      if relaxation == "auto":
+        theta = 1.0 / (num_workers * (max_delay + 1))
+      else:
+        theta = relaxation
+      u = prox(jax.tree.map(lambda x, g: x - lr * g, x_hat, v), lr)
+      delta = jax.tree.map(lambda a, b: a - b, u, x_hat)
+      if axis_name is not None:
+        delta = lax.psum(delta, axis_name)
+      out = jax.tree.map(lambda d, p: (theta * d).astype(p.dtype), delta, params)
+    else:
+      if axis_name is not None:
+        all_v = lax.all_gather(v, axis_name, to="invarying")
+      else:
+        all_v = jax.tree.map(lambda g: g[None], v)
+      if tap_prox == "per_round":
+        total = jax.tree.map(lambda g: jnp.sum(g, 0), all_v)
+        new = prox(jax.tree.map(lambda x, g: x - lr * g, params, total), lr)
+      else:
+        order_key = jax.random.fold_in(jax.random.fold_in(state.key, 1), state.count)
+        order = jax.random.permutation(order_key, num_workers)
+
+        def arrive(j, x):
+          g = jax.tree.map(lambda a: a[order[j]], all_v)
+          return prox(jax.tree.map(lambda p, gj: p - lr * gj, x, g), lr)
+
+        new = lax.fori_loop(0, num_workers, arrive, params) if num_workers > 1 else arrive(0, params)
+      out = jax.tree.map(lambda a, p: (a - p).astype(p.dtype), new, params)
+
+    size = max_delay + 1
+    head = (state.head + 1) % size
+    new_params = optax.apply_updates(params, out)
+    history = jax.tree.map(lambda h, p: h.at[head].set(p), state.history, new_params)
+    state = state._replace(count=optax.safe_increment(state.count), inner=optax.safe_increment(state.inner),
+                           head=head.astype(jnp.int32), history=history)
+    return out, state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def tap_svrg(learning_rate, prox, *, axis_name: str | None = "data", max_delay: int = 0,
+             delay_schedule: str = "uniform", delay_trace=None, tap_prox: str = "per_update",
+             seed: int = 0) -> optax.GradientTransformationExtraArgs:
+  """TAP / Async-ProxSVRG ([MCW]): workers send VR gradients, the server applies the prox."""
+  return dap_svrg(learning_rate, prox, axis_name=axis_name, max_delay=max_delay,
+                  delay_schedule=delay_schedule, delay_trace=delay_trace, server="prox",
+                  tap_prox=tap_prox, seed=seed)
+
+
+def prox_svrg(learning_rate, prox, *, seed: int = 0) -> optax.GradientTransformationExtraArgs:
+  """ProxSVRG ([XZ] Alg. 1, uniform sampling, last-iterate snapshot) on one device:
+  ``x <- prox_{gh}(x - g (grad f_i(x) - grad f_i(x~) + mu~))``."""
+  return dap_svrg(learning_rate, prox, axis_name=None, max_delay=0, server="prox", seed=seed)
+
+
+def dap_sgd(learning_rate, prox, *, axis_name: str | None = "data", max_delay: int = 0,
+            delay_schedule: str = "uniform", delay_trace=None, relaxation: float | str = 1.0,
+            seed: int = 0) -> optax.GradientTransformationExtraArgs:
+  """DAP-SGD ([LXZL]): worker ``Delta = prox(x_hat - g grad f_i(x_hat)) - x_hat``, server adds.
+
+  ``learning_rate`` may be a schedule of the round count (diminishing steps)."""
+  return dap_svrg(learning_rate, prox, axis_name=axis_name, max_delay=max_delay,
+                  delay_schedule=delay_schedule, delay_trace=delay_trace, relaxation=relaxation,
+                  server="add", variance_reduction=False, seed=seed)
+
+
+def tap_sgd(learning_rate, prox, *, axis_name: str | None = "data", max_delay: int = 0,
+            delay_schedule: str = "uniform", delay_trace=None, seed: int = 0
+            ) -> optax.GradientTransformationExtraArgs:
+  """Asynchronous proximal SGD with the prox on the server (no variance reduction)."""
+  return dap_svrg(learning_rate, prox, axis_name=axis_name, max_delay=max_delay,
+                  delay_schedule=delay_schedule, delay_trace=delay_trace, server="prox",
+                  variance_reduction=False, seed=seed)

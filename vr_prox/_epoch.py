@@ -1,0 +1,83 @@
+"""One outer epoch of the round model as a pure per-device function, and its jitted shard_map.
+
+An epoch ([HGH] Alg. 1, [XZ] Alg. 1): exact full gradient at the snapshot (one psum), then
+``rounds`` inner rounds in a ``lax.scan``; in each round every device draws ``batch_size`` rows
+i.i.d. uniformly from its valid rows, differentiates at its stale read and at the snapshot, and
+calls the transformation (one psum for DAP, one all_gather for TAP).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from vr_prox._dap import full_gradient, read_params, refresh, to_varying
+
+
+def sample_indices(key, round_index, worker, batch_size: int, local_count):
+  """Row indices of one round on one worker: ``randint(fold_in(fold_in(key, r), k), (b,), 0, n_k)``.
+
+  Valid rows must be the first ``n_k`` rows of the shard (padding at the end).
+  """
+  k = jax.random.fold_in(jax.random.fold_in(key, round_index), worker)
+  return jax.random.randint(k, (batch_size,), 0, local_count)
+
+
+def epoch_fn(example_loss_fn: Callable, tx: optax.GradientTransformationExtraArgs, *, rounds: int,
+             batch_size: int = 1, axis_name: str | None = "data", variance_reduced: bool = True,
+             get_state: Callable | None = None, set_state: Callable | None = None):
+  """Per-device epoch ``(params, state, data, mask, key) -> (params, state)``.
+
+  Args:
+    example_loss_fn: ``(params, data) -> [rows]`` per-row smooth losses f_i.
+    tx: a ``dap_svrg``-family transformation built with the same ``axis_name``.
+    rounds: inner rounds m per epoch (server versions).
+    batch_size: rows per worker per round.
+    axis_name: worker axis (run inside ``shard_map``) or None (one device, plain jit).
+    variance_reduced: refresh the snapshot and full gradient at the epoch start.
+    get_state, set_state: locate the ``DapSvrgState`` inside a wrapped state (default: it is).
+  """
+  get_state = get_state or (lambda s: s)
+  set_state = set_state or (lambda s, inner: inner)
+
+  def batch_loss(p, batch):
+    return jnp.mean(example_loss_fn(p, batch))
+
+  def epoch(params, state, data, mask, key):
+    if variance_reduced:
+      mu, n = full_gradient(example_loss_fn, params, data, mask, axis_name)
+      state = set_state(state, refresh(get_state(state), params, mu, n))
+    local_count = jnp.sum(mask).astype(jnp.int32)
+    worker = lax.axis_index(axis_name) if axis_name is not None else 0
+
+    def one_round(carry, _):
+      params, state = carry
+      inner = get_state(state)
+      idx = sample_indices(key, inner.count, worker, batch_size, local_count)
+      batch = jax.tree.map(lambda a: a[idx], data)
+      g_read = jax.grad(batch_loss)(to_varying(read_params(inner, axis_name), axis_name), batch)
+      extra = {"local_count": local_count}
+      if variance_reduced:
+        extra["snapshot_grads"] = jax.grad(batch_loss)(to_varying(inner.snapshot, axis_name), batch)
+      updates, state = tx.update(g_read, state, params, **extra)
+      return (optax.apply_updates(params, updates), state), None
+
+    (params, state), _ = lax.scan(one_round, (params, state), None, length=rounds)
+    return params, state
+
+  return epoch
+
+
+def sharded_epoch(example_loss_fn: Callable, tx, mesh, *, rounds: int, batch_size: int = 1,
+                  axis_name: str = "data", variance_reduced: bool = True, donate: bool = False):
+  """``jit(shard_map(epoch_fn(...)))`` over ``mesh``: params/state replicated, data/mask ``P(axis)``,
+  key replicated. Block on the result every call on CPU (queued collective programs deadlock)."""
+  fn = epoch_fn(example_loss_fn, tx, rounds=rounds, batch_size=batch_size, axis_name=axis_name,
+                variance_reduced=variance_reduced)
+  spec = jax.P(axis_name)
+  sm = jax.shard_map(fn, mesh=mesh, in_specs=(jax.P(), jax.P(), spec, spec, jax.P()),
+                     out_specs=(jax.P(), jax.P()))
+  return jax.jit(sm, donate_argnums=(0, 1) if donate else ())
