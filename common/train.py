@@ -171,7 +171,7 @@ def build(config, dataset: data.Dataset | None = None, mesh=None) -> Experiment:
 
   def local_step(params, opt_state, shard, key):
     params, opt_state, metrics = method.local_step(params, opt_state, shard, key)
-    metrics = dict(metrics, param_norm=optax.global_norm(params))
+    metrics = dict(metrics, param_norm=optax.tree.norm(params))
     return params, opt_state, metrics
 
   step_fn = jax.jit(

@@ -34,7 +34,7 @@ LOSSES = ("squared_hinge", "squared")
 class SDCAState(NamedTuple):
   count: jax.Array    # rounds done
   duals: jax.Array    # (local rows, J): z_i of this worker's rows
-  key: jax.Array      # row order: permutation(fold_in(key, epoch)) per worker
+  key: jax.Array      # raw uint32 key; row order = permutation(fold_in(key, epoch)) per worker
 
 
 class SDCA(NamedTuple):
@@ -84,7 +84,7 @@ def sdca(loss: str = "squared_hinge", *, l2: float, num_rows: int, rows_per_roun
 
   def init(w, num_local_rows: int) -> SDCAState:
     return SDCAState(jnp.zeros((), jnp.int32), jnp.zeros((num_local_rows, w.shape[0]), w.dtype),
-                     jax.random.key(seed))
+                     jax.random.PRNGKey(seed))
 
   def block_step(w_view, a, target, z, s_prime):
     t = w_view @ a
