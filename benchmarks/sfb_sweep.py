@@ -1,0 +1,99 @@
+"""SFB vs dense all-reduce on synthetic softmax regression J=1000, D=2000, P=8 (sfb.md E2).
+
+    python -m benchmarks.sfb_sweep [--steps 30] [--train_steps 300]
+
+For rows per device b ∈ {1, 4, 16, 64, 256}: bytes per device per step measured from the compiled
+programs (SFB forced with rule "always", dense = the baseline), the payload rule's choice, and the
+median step time of each; then a loss-vs-bytes run of both at b = 4. Writes
+benchmarks/results/sfb.md and benchmarks/results/sfb_loss_vs_bytes.png.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+import sfb  # noqa: E402
+from benchmarks.notes import RESULTS, write_result  # noqa: E402
+from common import comm, mesh as mesh_lib, plots, train  # noqa: E402
+from configs import baseline_synthetic, sfb_mlr_synthetic  # noqa: E402
+
+P = 8
+ROWS = (1, 4, 16, 64, 256)
+
+
+def _config(algorithm: str, b: int, steps: int):
+  config = sfb_mlr_synthetic.get_config() if algorithm == "sfb" else baseline_synthetic.get_config()
+  config.update(dict(batch_size=P * b, num_steps=steps, checkpoint_every=0))
+  if algorithm == "sfb":
+    config.algo.rule = "always"
+  return config
+
+
+def measure(algorithm: str, b: int, steps: int, mesh, dataset) -> dict:
+  exp = train.build(_config(algorithm, b, steps), dataset=dataset, mesh=mesh)
+  compiled = exp.compile()
+  report = comm.collective_bytes(compiled)
+  times, _ = exp.time_steps(compiled, steps)
+  return dict(payload=report.payload, wire=report.wire, gathered=sum(
+      c.elements * c.count * 4 for c in report.of_kind("all-gather")),
+              step_ms=1e3 * float(np.median(times[3:])), analytic=exp.method.analytic_payload)
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--steps", type=int, default=30)
+  parser.add_argument("--train_steps", type=int, default=300)
+  args = parser.parse_args()
+  mesh = mesh_lib.make_mesh(P)
+  dataset = train.load_dataset(_config("dense", 1, 1))
+  rows = []
+  for b in ROWS:
+    s, d = measure("sfb", b, args.steps, mesh, dataset), measure("dense", b, args.steps, mesh, dataset)
+    chosen = sfb.choose_sfb(2000, 1000, b, P, "payload")
+    rows.append((b, s, d, chosen))
+    print(f"b={b}: SFB {s['payload']:,.0f} B sent / {s['gathered']:,.0f} B gathered, {s['step_ms']:.1f} ms; "
+          f"dense {d['payload']:,.0f} B, {d['step_ms']:.1f} ms; plan picks {'SFB' if chosen else 'dense'}",
+          flush=True)
+
+  workdirs = []
+  for algorithm in ("sfb", "dense"):
+    workdir = tempfile.mkdtemp(prefix=f"sfb_sweep_{algorithm}_")
+    config = _config(algorithm, 4, args.train_steps)
+    config.update(dict(log_every=10, eval_every=0))
+    train.run(config, workdir, quiet=True)
+    workdirs.append(workdir)
+  png = plots.plot_runs(workdirs, os.path.join(RESULTS, "sfb_loss_vs_bytes.png"),
+                        labels=["SFB (b=4)", "dense all-reduce (b=4)"])
+
+  lines = [
+      "### SFB vs dense: synthetic softmax regression J=1000, D=2000, P=8",
+      "",
+      f"Command: `python -m benchmarks.sfb_sweep --steps {args.steps} --train_steps {args.train_steps}` on "
+      f"{jax.default_backend()} ({os.cpu_count()} cores; 8 simulated devices share them). Bytes per device per "
+      "step from the compiled programs: *sent* is each device's contribution (what `common.comm` calls payload; "
+      "it includes the loop's 4-byte loss pmean), *gathered* is what SFB materialises on every device "
+      "(P·b·(J+D)·4), *wire* the ring-model estimate. Dense sends J·D+J floats. Step time: median of "
+      f"{args.steps} blocking steps, SFB forced on (`rule=always`); the last column is the payload rule's choice "
+      "(crossover b ≈ 83 = JD/(P(J+D))).",
+      "",
+      "| b | SFB sent (B) | SFB gathered (B) | dense (B) | dense/SFB gathered | dense/SFB wire | SFB step (ms) "
+      "| dense step (ms) | SFB/dense time | plan |",
+      "|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  for b, s, d, chosen in rows:
+    lines.append(f"| {b} | {s['payload']:,.0f} | {s['gathered']:,.0f} | {d['payload']:,.0f} | "
+                 f"{d['payload'] / s['gathered']:.1f}x | {d['wire'] / s['wire']:.1f}x | {s['step_ms']:.1f} | "
+                 f"{d['step_ms']:.1f} | {s['step_ms'] / d['step_ms']:.2f} | {'SFB' if chosen else 'dense'} |")
+  lines += ["", f"Loss vs cumulative bytes (b=4, {args.train_steps} steps, SGD lr 0.5): "
+            f"![sfb loss vs bytes](benchmarks/results/{os.path.basename(png)})"]
+  print("wrote", write_result("sfb", "\n".join(lines)))
+
+
+if __name__ == "__main__":
+  main()
