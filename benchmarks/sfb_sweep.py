@@ -69,7 +69,7 @@ def main():
     train.run(config, workdir, quiet=True)
     workdirs.append(workdir)
   png = plots.plot_runs(workdirs, os.path.join(RESULTS, "sfb_loss_vs_bytes.png"),
-                        labels=["SFB (b=4)", "dense all-reduce (b=4)"])
+                        labels=["SFB (b=4)", "dense all-reduce (b=4)"], log_bytes=True)
 
   lines = [
       "### SFB vs dense: synthetic softmax regression J=1000, D=2000, P=8",

@@ -25,8 +25,13 @@ def _label(workdir: str) -> str:
   return os.path.basename(os.path.normpath(workdir))
 
 
-def plot_runs(workdirs, out: str, labels=None, metric: str = "loss", logy: bool = True) -> str:
-  """Writes a two-panel PNG (metric vs step, metric vs cumulative payload bytes); returns ``out``."""
+def plot_runs(workdirs, out: str, labels=None, metric: str = "loss", logy: bool = True,
+              log_bytes: bool = False) -> str:
+  """Writes a two-panel PNG (metric vs step, metric vs cumulative payload bytes); returns ``out``.
+
+  ``log_bytes`` puts the bytes axis on a log scale (runs whose payloads differ by orders of
+  magnitude).
+  """
   labels = labels or [_label(w) for w in workdirs]
   fig, (ax_steps, ax_bytes) = plt.subplots(1, 2, figsize=(11, 4))
   for workdir, label in zip(workdirs, labels):
@@ -42,6 +47,8 @@ def plot_runs(workdirs, out: str, labels=None, metric: str = "loss", logy: bool 
     ax.grid(alpha=0.3)
     if logy:
       ax.set_yscale("log")
+  if log_bytes:
+    ax_bytes.set_xscale("log")
   ax_bytes.legend(fontsize=8)
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
