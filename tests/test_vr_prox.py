@@ -1,0 +1,305 @@
+"""vr_prox algorithms against independent references (float64, breast_cancer problem B of the spec).
+
+Problem B: X = normalize(StandardScaler(breast_cancer)) (569 x 30, unit rows), y = +-1, no
+intercept, P(w) = mean log(1 + exp(-y a.w)) + l1 |w|_1 + (l2/2)|w|^2 with l1 = 3e-3, l2 = 1e-2.
+Reference optimum: sklearn LogisticRegression(saga, C = 1/(n (l1 + l2)), l1_ratio = l1/(l1+l2)).
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import AxisType
+
+import vr_prox
+from common.comm import collective_bytes
+
+L1, L2 = 3e-3, 1e-2
+K = 8
+
+
+@pytest.fixture(autouse=True)
+def _x64():
+  with jax.enable_x64(True):  # float64 locally (the library never flips global config)
+    yield
+
+
+@pytest.fixture(scope="module")
+def problem():
+  from sklearn.datasets import load_breast_cancer
+  from sklearn.linear_model import LogisticRegression
+  from sklearn.preprocessing import StandardScaler, normalize
+  d = load_breast_cancer()
+  x = normalize(StandardScaler().fit_transform(d.data))
+  y = np.where(d.target == 1, 1.0, -1.0)
+  n = len(y)
+  clf = LogisticRegression(C=1 / (n * (L1 + L2)), l1_ratio=L1 / (L1 + L2), solver="saga",
+                           fit_intercept=False, tol=1e-12, max_iter=200000).fit(x, y)
+  w_star = clf.coef_.ravel()
+  p_star = _objective_np(x, y, w_star)
+  assert abs(p_star - 0.306716049462772) < 1e-12  # the spec's agreed value (FISTA, saga)
+  return x, y, w_star, p_star
+
+
+def _objective_np(x, y, w, l1=L1, l2=L2):
+  return np.mean(np.logaddexp(0, -y * (x @ w))) + l1 * np.abs(w).sum() + 0.5 * l2 * w @ w
+
+
+def _grad_np(x, y, w):
+  """Mean logistic gradient, written out by hand (independent of jax.grad)."""
+  s = -y / (1 + np.exp(y * (x @ w)))
+  return x.T @ s / len(y)
+
+
+def ex_loss(p, data):
+  a, b = data
+  return jnp.logaddexp(0, -b * (a @ p))
+
+
+def _mesh(k=K):
+  return jax.make_mesh((k,), ("data",), axis_types=(AxisType.Auto,), devices=jax.devices()[:k])
+
+
+def _shard(x, y, parts):
+  """Padded equal-length shards (padding at the end of each), flattened for P('data')."""
+  rows = max(len(p) for p in parts)
+  k, dim = len(parts), x.shape[1]
+  xs, ys, ms = np.zeros((k, rows, dim)), np.zeros((k, rows)), np.zeros((k, rows))
+  for i, idx in enumerate(parts):
+    xs[i, :len(idx)], ys[i, :len(idx)], ms[i, :len(idx)] = x[idx], y[idx], 1
+  return (jnp.asarray(xs.reshape(-1, dim)), jnp.asarray(ys.reshape(-1))), jnp.asarray(ms.reshape(-1))
+
+
+def _run(tx, x, y, epochs, *, k=K, vr=True, rounds=None, parts=None):
+  """Runs the round model; returns the params after every epoch."""
+  n, dim = x.shape
+  parts = parts or np.array_split(np.arange(n), k)
+  data, mask = _shard(x, y, parts)
+  rounds = rounds or n // k
+  ep = vr_prox.sharded_epoch(ex_loss, tx, _mesh(k), rounds=rounds, variance_reduced=vr)
+  p, s, key, out = jnp.zeros(dim), tx.init(jnp.zeros(dim)), jax.random.PRNGKey(0), []
+  for _ in range(epochs):
+    p, s = ep(p, s, data, mask, key)
+    out.append(np.asarray(jax.block_until_ready(p)))
+  return out
+
+
+def _gap(problem, w):
+  x, y, _, p_star = problem
+  return (_objective_np(x, y, w) - p_star) / p_star
+
+
+def _support(w, tol=0.0):
+  return set(np.flatnonzero(np.abs(w) > tol).tolist())
+
+
+# ----------------------------------------------------------------------------- exactness
+def test_k1_dap_tap_proxsvrg_trajectories_equal_numpy_reference(problem):
+  """K = 1, tau = 0: dap_svrg == tap_svrg == prox_svrg == a hand-written ProxSVRG (1e-12 rel)."""
+  x, y, _, _ = problem
+  n, dim = x.shape
+  epochs, lr = 3, 1.0
+  prox = vr_prox.prox_elastic_net(L1, L2)
+  dap = _run(vr_prox.dap_svrg(lr, prox), x, y, epochs, k=1, rounds=n)
+  tap = _run(vr_prox.tap_svrg(lr, prox), x, y, epochs, k=1, rounds=n)
+  tx = vr_prox.prox_svrg(lr, prox)
+  ep = jax.jit(vr_prox.epoch_fn(ex_loss, tx, rounds=n, axis_name=None))
+  p, s, single = jnp.zeros(dim), tx.init(jnp.zeros(dim)), []
+  for _ in range(epochs):
+    p, s = ep(p, s, (jnp.asarray(x), jnp.asarray(y)), jnp.ones(n), jax.random.PRNGKey(0))
+    single.append(np.asarray(p))
+  # Xiao-Zhang Alg. 1 in numpy on the same index sequence (last-iterate snapshot).
+  key, w, ref, t = jax.random.PRNGKey(0), np.zeros(dim), [], 0
+  for _ in range(epochs):
+    snap, mu = w.copy(), _grad_np(x, y, w)
+    for _ in range(n):
+      i = int(jax.random.randint(jax.random.fold_in(jax.random.fold_in(key, t), 0), (1,), 0, n)[0])
+      v = _grad_np(x[i:i + 1], y[i:i + 1], w) - _grad_np(x[i:i + 1], y[i:i + 1], snap) + mu
+      z = w - lr * v
+      w = np.sign(z) * np.maximum(np.abs(z) - lr * L1, 0) / (1 + lr * L2)
+      t += 1
+    ref.append(w.copy())
+  for a, b, c, r in zip(dap, tap, single, ref):
+    for got in (a, b, c):
+      assert np.linalg.norm(got - r) <= 1e-12 * np.linalg.norm(r)
+      assert _support(got) == _support(r)
+
+
+def test_full_gradient_and_objective_uneven_padded_shards(problem):
+  x, y, _, _ = problem
+  n, dim = x.shape
+  sizes = [10, 30, 50, 70, 90, 100, 110, 109]
+  parts = np.split(np.arange(n), np.cumsum(sizes)[:-1])
+  data, mask = _shard(x, y, parts)
+  w = np.random.default_rng(1).normal(size=dim)
+  prox = vr_prox.prox_elastic_net(L1, L2)
+
+  def body(p, data, mask):
+    mu, count = vr_prox.full_gradient(ex_loss, p, data, mask, "data")
+    return mu, count, vr_prox.objective(ex_loss, prox, p, data, mask, "data")
+
+  f = jax.jit(jax.shard_map(body, mesh=_mesh(), in_specs=(jax.P(), jax.P("data"), jax.P("data")),
+                            out_specs=(jax.P(), jax.P(), jax.P())))
+  mu, count, obj = f(jnp.asarray(w), data, mask)
+  ref = _grad_np(x, y, w)
+  assert float(count) == n
+  assert np.linalg.norm(np.asarray(mu) - ref) <= 1e-14 * np.linalg.norm(ref)
+  assert abs(float(obj) - _objective_np(x, y, w)) <= 1e-14 * _objective_np(x, y, w)
+  # the mean of shard means is a different (wrong) quantity: the check above can fail
+  naive = np.mean([_grad_np(x[p], y[p], w) for p in parts], axis=0)
+  assert np.linalg.norm(naive - ref) > 1e-3 * np.linalg.norm(ref)
+
+
+def test_vr_gradient_unbiased_with_uneven_shards(problem):
+  """(1/K) sum_k mean_{i in shard k} v_k(i) = grad f(x) exactly; fails without the shard weights.
+
+  With prox_none and theta = 1 the DAP update is -lr sum_k v_k, and v_k is affine in the
+  minibatch, so feeding each device its whole shard enumerates every sample at once.
+  """
+  x, y, _, _ = problem
+  n, dim = x.shape
+  sizes = [10, 30, 50, 70, 90, 100, 110, 109]
+  parts = np.split(np.arange(n), np.cumsum(sizes)[:-1])
+  data, mask = _shard(x, y, parts)
+  rng = np.random.default_rng(2)
+  snap, w, lr = rng.normal(size=dim), rng.normal(size=dim), 0.5
+  tx = vr_prox.dap_svrg(lr, vr_prox.prox_none())
+
+  def local_mean_grad(p, data, mask):
+    return jax.grad(lambda q: jnp.sum(ex_loss(q, data) * mask) / jnp.sum(mask))(vr_prox.to_varying(p, "data"))
+
+  def body(w, snap, data, mask, weighted):
+    mu, count = vr_prox.full_gradient(ex_loss, snap, data, mask, "data")
+    state = vr_prox.refresh(tx.init(w), snap, mu, count)
+    state = state._replace(history=w[None])  # the read (delay 0) is w
+    extra = {"local_count": jnp.sum(mask)} if weighted else {}
+    upd, _ = tx.update(local_mean_grad(w, data, mask), state, w,
+                       snapshot_grads=local_mean_grad(snap, data, mask), **extra)
+    return upd
+
+  outs = []
+  for weighted in (True, False):
+    f = jax.jit(jax.shard_map(lambda *a: body(*a, weighted), mesh=_mesh(),
+                              in_specs=(jax.P(), jax.P(), jax.P("data"), jax.P("data")), out_specs=jax.P()))
+    outs.append(-np.asarray(f(jnp.asarray(w), jnp.asarray(snap), data, mask)) / (lr * K))
+  ref = _grad_np(x, y, w)
+  assert np.linalg.norm(outs[0] - ref) <= 1e-14 * np.linalg.norm(ref)
+  assert np.linalg.norm(outs[1] - ref) > 1e-3 * np.linalg.norm(ref)
+
+
+def test_state_history_and_reads_never_cross_snapshot():
+  tx = vr_prox.dap_svrg(0.1, vr_prox.prox_l1(0.01), axis_name=None, max_delay=3, delay_schedule="fixed")
+  params = jnp.arange(4.0)
+  state = vr_prox.refresh(tx.init(params), params, jnp.ones(4), 10)
+  for r in range(6):
+    assert int(vr_prox.read_delay(state, None)) == min(r, 3)
+    read = vr_prox.read_params(state, None)
+    g = read * 0.5
+    upd, state = tx.update(g, state, params, snapshot_grads=jnp.zeros(4))
+    params = optax.apply_updates(params, upd)
+    assert np.array_equal(np.asarray(state.history[state.head]), np.asarray(params))  # bitwise
+  state = vr_prox.refresh(state, params, jnp.ones(4), 10)
+  assert int(vr_prox.read_delay(state, None)) == 0
+  np.testing.assert_array_equal(np.asarray(vr_prox.read_params(state, None)), np.asarray(params))
+
+
+# ----------------------------------------------------------------------------- optimum
+def test_prox_svrg_reaches_sklearn_optimum_at_linear_rate(problem):
+  x, y, w_star, _ = problem
+  n, dim = x.shape
+  tx = vr_prox.prox_svrg(1.0, vr_prox.prox_elastic_net(L1, L2))
+  ep = jax.jit(vr_prox.epoch_fn(ex_loss, tx, rounds=n, axis_name=None))
+  p, s, gaps = jnp.zeros(dim), tx.init(jnp.zeros(dim)), []
+  for _ in range(8):
+    p, s = ep(p, s, (jnp.asarray(x), jnp.asarray(y)), jnp.ones(n), jax.random.PRNGKey(0))
+    gaps.append(_gap(problem, np.asarray(p)))
+  assert gaps[-1] <= 1e-9, gaps
+  assert _support(np.asarray(p)) == _support(w_star) and len(_support(w_star)) == 25
+  slope = (np.log10(gaps[5]) - np.log10(gaps[1])) / 4  # epochs 1..5 (0-based indices 1..5)
+  assert slope <= -1.0, (slope, gaps)
+
+
+@pytest.mark.parametrize("max_delay,schedule", [(3, "uniform"), (7, "uniform"), (7, "cyclic")])
+def test_tap_svrg_k8_stale_reaches_optimum(problem, max_delay, schedule):
+  _, _, w_star, _ = problem
+  tx = vr_prox.tap_svrg(1.0, vr_prox.prox_elastic_net(L1, L2), max_delay=max_delay, delay_schedule=schedule)
+  traj = _run(tx, problem[0], problem[1], 12)
+  assert _gap(problem, traj[-1]) <= 1e-9, [_gap(problem, w) for w in traj]
+  assert _support(traj[-1]) == _support(w_star)  # raw iterate: TAP zeros are exact
+
+
+def test_relaxed_dap_svrg_reaches_optimum(problem):
+  x, y, w_star, _ = problem
+  theta = 1 / 32  # = 1/(K (D + 1)) for K = 8, D = 3
+  prox = vr_prox.prox_elastic_net(L1, L2)
+  tx = vr_prox.dap_svrg(0.5 / theta, prox, max_delay=3, delay_schedule="fixed", relaxation=theta)
+  traj = _run(tx, x, y, 15)
+  w = traj[-1]
+  assert _gap(problem, w) <= 1e-9, [_gap(problem, v) for v in traj]
+  clean = np.asarray(vr_prox.prox_cleanup(jnp.asarray(w), jnp.asarray(_grad_np(x, y, w)), prox, 1.0))
+  assert _support(clean) == _support(w_star)
+  assert _support(w, 1e-12) == _support(w_star)
+
+
+def test_faithful_dap_svrg_stalls_under_persistent_staleness(problem):
+  """Paper rule (theta = 1): in the round model staleness is >= 1 for K = 8, and the dead-zone
+  recursion x <- x - x_stale is unstable (spec §2.5). The same run with theta = 1/K converges,
+  so the stall is the server rule, and the server really adds (does not average)."""
+  x, y, w_star, _ = problem
+  prox = vr_prox.prox_elastic_net(L1, L2)
+  faithful = _run(vr_prox.dap_svrg(1 / 8, prox), x, y, 30)
+  gaps = [_gap(problem, w) for w in faithful]
+  assert min(gaps[-5:]) >= 1e-5, gaps
+  assert len(_support(faithful[-1], 1e-12)) > len(_support(w_star))  # dense iterate
+  relaxed = _run(vr_prox.dap_svrg(1.0, prox, relaxation=1 / 8), x, y, 15)
+  assert _gap(problem, relaxed[-1]) <= 1e-9
+
+
+@pytest.mark.parametrize("which", ["dap_sgd", "tap_sgd"])
+def test_no_variance_reduction_does_not_reach_1e6(problem, which):
+  x, y, _, _ = problem
+  prox = vr_prox.prox_elastic_net(L1, L2)
+  tx = (vr_prox.dap_sgd(1 / 8, prox, relaxation=1 / 8) if which == "dap_sgd" else vr_prox.tap_sgd(0.1, prox))
+  traj = _run(tx, x, y, 25, vr=False)
+  gaps = [_gap(problem, w) for w in traj]
+  assert min(gaps) > 1e-6 and np.isfinite(gaps[-1]), gaps
+
+
+# ----------------------------------------------------------------------------- communication
+@pytest.mark.parametrize("server", ["add", "prox"])
+def test_epoch_bytes_equal_analytic(problem, server):
+  """One epoch = full-gradient psum (d floats + count) + one d-float exchange per round."""
+  x, y, _, _ = problem
+  n, dim = x.shape
+  rounds = 7
+  data, mask = _shard(x, y, np.array_split(np.arange(n), K))
+  tx = vr_prox.dap_svrg(0.1, vr_prox.prox_l1(L1), server=server, max_delay=2)
+  ep = vr_prox.sharded_epoch(ex_loss, tx, _mesh(), rounds=rounds)
+  p = jnp.zeros(dim)
+  report = collective_bytes(ep.lower(p, tx.init(p), data, mask, jax.random.PRNGKey(0)).compile())
+  per_round = vr_prox.payload_bytes(p)
+  assert report.payload == (rounds + 1) * per_round + 8, report.summary()
+  kind = "all-reduce" if server == "add" else "all-gather"
+  assert sum(c.count for c in report.of_kind(kind) if c.elements >= dim) >= rounds
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bad_input_errors():
+  prox = vr_prox.prox_l1(0.1)
+  with pytest.raises(ValueError, match="max_delay"):
+    vr_prox.dap_svrg(0.1, prox, max_delay=-1)
+  with pytest.raises(ValueError, match="delay_schedule"):
+    vr_prox.dap_svrg(0.1, prox, delay_schedule="poisson")
+  with pytest.raises(ValueError, match="prox"):
+    vr_prox.dap_svrg(0.1, "l1")
+  with pytest.raises(ValueError, match="learning_rate"):
+    vr_prox.tap_svrg(-0.1, prox)
+  with pytest.raises(ValueError, match="relaxation"):
+    vr_prox.dap_svrg(0.1, prox, relaxation=1.5)
+  with pytest.raises(ValueError, match="server"):
+    vr_prox.dap_svrg(0.1, prox, server="mean")
+  with pytest.raises(ValueError, match="delay_trace"):
+    vr_prox.dap_svrg(0.1, prox, max_delay=2, delay_schedule="trace", delay_trace=np.full((4, 8), 3))
+  tx = vr_prox.dap_svrg(0.1, prox, axis_name=None)
+  with pytest.raises(ValueError, match="snapshot_grads"):
+    tx.update(jnp.zeros(3), tx.init(jnp.zeros(3)), jnp.zeros(3))
