@@ -7,7 +7,7 @@ Matrix parameters exchange per-row factors (u, v) instead of their J×D gradient
     grad_fn = sfb.factored_value_and_grad(loss_fn, plan)             # inside shard_map
 """
 from sfb.aggregate import gather_factors, scale_by_sfb, sfb, sfb_mean_gradient
-from sfb.capture import factored_value_and_grad, module_calls
+from sfb.capture import factored_grad, factored_value_and_grad, module_calls
 from sfb.factors import FromFactors, SufficientFactors, reconstruct
 from sfb.models import (metric_learning_factors, nmf_codes, nmf_factors, nonnegative, project,
                         softmax_factors, sparse_codes, sparse_coding_factors, squared_hinge_factors,
@@ -22,6 +22,6 @@ __all__ = [
     "FromFactors", "LayerPlan", "Plan", "RULES", "SDCA", "SDCAState", "SDCA_LOSSES", "StaleSFBState", "scale_by_stale_sfb", "sdca", "metric_learning_factors",
     "nmf_codes", "nmf_factors", "nonnegative", "project", "softmax_factors", "sparse_codes",
     "sparse_coding_factors", "squared_hinge_factors", "unit_columns", "SufficientFactors", "choose_sfb", "dense_bytes",
-    "factored_value_and_grad", "gather_factors", "gathered_bytes", "module_calls", "payload_bytes",
+    "factored_grad", "factored_value_and_grad", "gather_factors", "gathered_bytes", "module_calls", "payload_bytes",
     "plan", "reconstruct", "scale_by_sfb", "sfb", "sfb_mean_gradient", "wire_bytes",
 ]

@@ -162,3 +162,9 @@ def factored_value_and_grad(loss_fn: Callable[..., jax.Array], layers, *,
     return loss, grads
 
   return fn
+
+
+def factored_grad(loss_fn: Callable[..., jax.Array], layers, *, axis_name: str | None = None) -> Callable:
+  """Like ``jax.grad``: ``(params, *args) -> grads`` of ``factored_value_and_grad``."""
+  value_and_grad = factored_value_and_grad(loss_fn, layers, axis_name=axis_name)
+  return lambda params, *args: value_and_grad(params, *args)[1]

@@ -32,7 +32,7 @@ def _flax_loss(params, x, y):
   return optax.softmax_cross_entropy_with_integer_labels(_DENSE.apply(params, x), y).mean()
 
 
-_flax_grad = sfb.factored_value_and_grad(_flax_loss, [()])
+_flax_grad = sfb.factored_grad(_flax_loss, [()])
 
 ENTRIES = [
     Entry("sfb_paper_softmax_sgd", lambda axis_name, learning_rate: sfb.sfb(learning_rate, axis_name=axis_name),
@@ -42,6 +42,6 @@ ENTRIES = [
     Entry("sfb_flax_dense_adam", lambda axis_name, learning_rate: optax.chain(
         sfb.scale_by_sfb(axis_name), optax.adam(learning_rate)),
           _flax_params, _flax_loss, _data, hparams={"learning_rate": 0.01},
-          grad_fn=lambda p, x, y: _flax_grad(p, x, y)[1],
+          grad_fn=_flax_grad,
           payload_bytes=lambda P: 4 * (32 // P) * (5 + 12)),
 ]
