@@ -303,3 +303,32 @@ def test_bad_input_errors():
   tx = vr_prox.dap_svrg(0.1, prox, axis_name=None)
   with pytest.raises(ValueError, match="snapshot_grads"):
     tx.update(jnp.zeros(3), tx.init(jnp.zeros(3)), jnp.zeros(3))
+
+
+# ----------------------------------------------------------------------------- serial model
+@pytest.mark.parametrize("label,kw,converges", [
+    ("dap_fixed7_theta1", dict(server="add", delay_schedule="fixed", learning_rate=1.0), False),
+    ("dap_uniform7_theta1", dict(server="add", delay_schedule="uniform", learning_rate=1.0), True),
+    ("tap_fixed7", dict(server="prox", delay_schedule="fixed", learning_rate=1.0), True),
+    ("dap_fixed7_theta1/8", dict(server="add", delay_schedule="fixed", learning_rate=8.0, relaxation=1 / 8), True),
+])
+def test_serial_model_dead_zone(problem, label, kw, converges):
+  """Update-level delays (spec §2.5): a fixed delay tau = 7 makes the paper's rule stall
+  (x <- x - x_{t-7} on zero coordinates has a root of modulus 1.166); uniform delays on {0..7},
+  the server prox, and theta = 1/(tau+1) all converge to the sklearn optimum."""
+  x, y, w_star, _ = problem
+  n = len(y)
+  data, mask = _shard(x, y, np.array_split(np.arange(n), K))
+  prox = vr_prox.prox_elastic_net(L1, L2)
+  f = jax.jit(lambda p, key: vr_prox.serial_epoch(ex_loss, prox, p, data, mask, key, num_workers=K,
+                                                  rounds=n // K, max_delay=7, **kw))
+  p, gaps = jnp.zeros(x.shape[1]), []
+  for e in range(12):
+    p = f(p, jax.random.fold_in(jax.random.PRNGKey(0), e))
+    gaps.append(_gap(problem, np.asarray(p)))
+  if converges:
+    assert gaps[-1] <= 1e-9, (label, gaps)
+    assert _support(np.asarray(p), 1e-12) == _support(w_star)
+  else:
+    assert min(gaps[-4:]) >= 1e-5, (label, gaps)
+    assert len(_support(np.asarray(p), 1e-12)) > len(_support(w_star))

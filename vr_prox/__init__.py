@@ -19,6 +19,7 @@ Public API:
 from vr_prox._dap import (DapSvrgState, SCHEDULES, dap_sgd, dap_svrg, full_gradient, objective, prox_svrg,
                           read_delay, read_params, refresh, tap_sgd, tap_svrg, to_varying)
 from vr_prox._epoch import epoch_fn, sample_indices, sharded_epoch
+from vr_prox._serial import serial_epoch
 from vr_prox._prox import (PROX_NAMES, make_prox, prox_box, prox_cleanup, prox_elastic_net, prox_group_lasso,
                            prox_l1, prox_none, prox_sparse_group_lasso, soft_threshold)
 
@@ -35,6 +36,6 @@ __all__ = [
     "DapSvrgState", "PROX_NAMES", "SCHEDULES", "dap_sgd", "dap_svrg", "epoch_fn", "full_gradient",
     "make_prox", "objective", "payload_bytes", "prox_box", "prox_cleanup", "prox_elastic_net",
     "prox_group_lasso", "prox_l1", "prox_none", "prox_sparse_group_lasso", "prox_svrg", "read_delay",
-    "read_params", "refresh", "sample_indices", "sharded_epoch", "soft_threshold", "tap_sgd", "tap_svrg",
+    "read_params", "refresh", "sample_indices", "serial_epoch", "sharded_epoch", "soft_threshold", "tap_sgd", "tap_svrg",
     "to_varying",
 ]
