@@ -249,19 +249,25 @@ def _build(base: optax.GradientTransformation, loss_fn: Callable, *, k, l, m, re
       g = g + admm_sigma * disp            # g_hat = g + pi, pi = sigma * sum(delta)
       anchor = jnp.where(count % admm_period == 0, theta, anchor)
     if r > 0:
-      u_mat = pairs.eigvecs
-      proj = lambda x: layout.rsum(u_mat @ x)
-      g1 = proj(g) @ u_mat
-      g2 = g - g1
-      velocity = vel_rule(g1, fs.velocity)
-      newton = (pairs.inv_abs_eig * proj(velocity)) @ u_mat
-      d, base_state = base.update(g2, fs.base_state, theta)
-      d = d - proj(d) @ u_mat
-      u = pairs.scale * d - alpha * newton
+      def hybrid():
+        u_mat = pairs.eigvecs
+        proj = lambda x: layout.rsum(u_mat @ x)
+        g1 = proj(g) @ u_mat
+        g2 = g - g1
+        velocity = vel_rule(g1, fs.velocity)
+        newton = (pairs.inv_abs_eig * proj(velocity)) @ u_mat
+        d, base_state = base.update(g2, fs.base_state, theta)
+        d = d - proj(d) @ u_mat
+        return (pairs.scale * d - alpha * newton).astype(dt), velocity, base_state
+
+      def plain():   # no pairs yet (V = 0): the base step exactly, bit for bit
+        d, base_state = base.update(g, fs.base_state, theta)
+        return d.astype(dt), fs.velocity, base_state
+      u, velocity, base_state = lax.cond(count + 1 < warmup + curvature_delay, plain, hybrid)
     else:
       velocity = fs.velocity
       u, base_state = base.update(g, fs.base_state, theta)
-    u = u.astype(dt)
+      u = u.astype(dt)
     if admm is not None:                   # end of period: x <- x + pi/sigma, pi += sigma (x - a)
       end = (count + 1) % admm_period == 0
       new_disp = disp + (theta + u - anchor)
