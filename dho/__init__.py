@@ -6,11 +6,11 @@ Public API: ``fosi`` and the presets ``fosi_adam``, ``fosi_momentum``, ``fosi_ne
 ``sharded_leaves``, ``payload_bytes``, ``basis_bytes``; ``paper_presets``.
 Imports only jax, optax, numpy.
 """
-from dho.fosi import (Dho2State, FosiState, Pairs, basis_bytes, dho2, fosi, fosi_adam, fosi_momentum,
+from dho.fosi import (MOMENTUM, Dho2State, FosiState, Pairs, basis_bytes, dho2, fosi, fosi_adam, fosi_momentum,
                       fosi_nesterov, fosi_sgd, payload_bytes, sharded_leaves, state_specs)
 from dho.lanczos import Layout, LanczosResult, extreme_eigenpairs, hvp, lanczos, lanczos_dtype
 from dho import paper_presets
 
-__all__ = ["Dho2State", "FosiState", "Pairs", "basis_bytes", "dho2", "fosi", "fosi_adam", "fosi_momentum",
+__all__ = ["MOMENTUM", "Dho2State", "FosiState", "Pairs", "basis_bytes", "dho2", "fosi", "fosi_adam", "fosi_momentum",
            "fosi_nesterov", "fosi_sgd", "payload_bytes", "sharded_leaves", "state_specs", "Layout",
            "LanczosResult", "extreme_eigenpairs", "hvp", "lanczos", "lanczos_dtype", "paper_presets"]

@@ -1,0 +1,34 @@
+"""DHO2 (curvature sharded by parameter coordinate) on the digits MLP over P devices.
+
+    python launch.py --config configs/dho2_mlp.py          # P = 8
+    python launch.py --config configs/dho2_mlp.py:4        # P in {1, 2, 4, 8}
+    python launch.py --config configs/dho2_mlp.py:8 --config.algo.curvature_delay=10   # MR-DHO2 emulation
+
+Per device: basis m*ceil(n/P) floats, eigenvector slice r*ceil(n/P), velocity and base state slices.
+"""
+from configs.common import base_config
+
+
+def get_config(arg=None):
+  p = int(arg or 8)
+  if p not in (1, 2, 4, 8):
+    raise ValueError(f"arg (devices) must be 1, 2, 4 or 8, got {arg!r}")
+  config = base_config("dho")
+  config.num_devices = p
+  config.model = "mlp"
+  config.widths = (64,)
+  config.batch_size = 128
+  config.num_steps = 600
+  config.log_every = 50
+  config.eval_every = 200
+  config.checkpoint_every = 0
+  config.optimizer = "momentum"
+  config.lr = 0.05
+  config.algo.variant = "dho2"
+  config.algo.k = 10
+  config.algo.m = 40
+  config.algo.refresh_every = 50
+  config.algo.warmup = 50
+  config.algo.alpha = 0.01
+  config.algo.momentum = "heavy_ball"
+  return config
