@@ -44,3 +44,18 @@ def test_bad_algo_field_is_named(field, value, says):
   with pytest.raises(ConfigError, match=f"algo.{field}.*{says}|{says}") as e:
     train.validate(config, available_devices=8)
   assert e.value.field == f"algo.{field}"
+
+
+def test_svmlight_dataset_runs(tmp_path):
+  """Users bring rcv1/real-sim/covtype as svmlight files; a tiny synthetic one stands in here."""
+  import numpy as np
+  from sklearn.datasets import dump_svmlight_file
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(120, 6))
+  y = np.where(x @ rng.normal(size=6) > 0, 1, -1)
+  path = tmp_path / "tiny.svm"
+  dump_svmlight_file(x, y, str(path))
+  config = _config("vr_prox_breast_cancer")
+  config.dataset = f"svmlight:{path}"
+  result = train.run(config, quiet=True)
+  assert result.status == "ok" and result.history[-1]["loss"] < result.history[0]["loss"]

@@ -71,6 +71,12 @@ class DapSvrgState(NamedTuple):
   trace: jax.Array
 
 
+def state_specs(state) -> Any:
+  """PartitionSpec tree of the state: every leaf replicated (the server state is shared; the
+  per-device part of a round, the delay and the sample, is recomputed from the key)."""
+  return jax.tree.map(lambda _: jax.P(), state)
+
+
 # ----------------------------------------------------------------------------- helpers
 def _is_varying(x, axis_name) -> bool:
   mat = getattr(jax.typeof(x), "manual_axis_type", None)
