@@ -332,3 +332,18 @@ def test_serial_model_dead_zone(problem, label, kw, converges):
   else:
     assert min(gaps[-4:]) >= 1e-5, (label, gaps)
     assert len(_support(np.asarray(p), 1e-12)) > len(_support(w_star))
+
+
+def test_replayed_trace_equals_the_schedule_it_records(problem):
+  """A delay trace replaying the cyclic schedule (worker k reads k mod (D+1) rounds back) gives
+  the same run bit for bit; a trace of all-D equals the fixed schedule."""
+  x, y, _, _ = problem
+  prox = vr_prox.prox_elastic_net(L1, L2)
+  d = 3
+  cyclic_trace = np.tile(np.arange(K) % (d + 1), (5, 1))
+  runs = [_run(vr_prox.tap_svrg(1.0, prox, max_delay=d, **kw), x, y, 2) for kw in (
+      dict(delay_schedule="cyclic"), dict(delay_schedule="trace", delay_trace=cyclic_trace),
+      dict(delay_schedule="fixed"), dict(delay_schedule="trace", delay_trace=np.full((3, K), d)))]
+  np.testing.assert_array_equal(runs[0][-1], runs[1][-1])
+  np.testing.assert_array_equal(runs[2][-1], runs[3][-1])
+  assert not np.array_equal(runs[0][-1], runs[2][-1])
