@@ -28,6 +28,7 @@ from common import comm, mesh as mesh_lib, train  # noqa: E402
 from configs import dho_mlp_digits  # noqa: E402
 from configs.common import base_config  # noqa: E402
 
+TARGETS = (0.1, 0.03, 0.01)          # full train loss targets
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
@@ -168,30 +169,32 @@ def main(argv=None):
   t_start = time.time()
   steps = 200 if args.quick else 600
   seeds = (0,) if args.quick else (0, 1)
-  grids = {"hb": (0.05, 0.1, 0.2) if not args.quick else (0.1,),
-           "adam": (1e-3, 3e-3, 1e-2) if not args.quick else (3e-3,)}
+  grids = {"hb": (0.05, 0.1, 0.2, 0.4) if not args.quick else (0.1,),
+           "adam": (1e-3, 3e-3, 1e-2, 3e-2) if not args.quick else (3e-3,)}
   mem = memory_rows()
   out = curves(steps, grids, seeds)
   times = step_times(200 if args.quick else 400)
 
   best, ratio_rows = {}, []
   for base, lrs in grids.items():
+    mc = {(arg, lr): mean_curve(out, arg, lr, seeds) for arg in (f"base_{base}", base) for lr in lrs}
     for arg in (f"base_{base}", base):
-      cands = [(lr, mean_curve(out, arg, lr, seeds)) for lr in lrs]
-      cands = [(lr, c) for lr, c in cands if c is not None]
+      cands = [(lr, mc[(arg, lr)]) for lr in lrs if mc[(arg, lr)] is not None]
       best[arg] = min(cands, key=lambda t: min(l for _, l in t[1]))
-    # target: the lowest (seed-mean) full train loss the best-tuned base optimizer reaches
-    target = min(l for _, l in best[f"base_{base}"][1])
-    sb, sf = first_reach(best[f"base_{base}"][1], target), first_reach(best[base][1], target)
-    ratio_rows.append(dict(base=base, target=target, base_lr=best[f"base_{base}"][0], base_steps=sb,
-                           fosi_lr=best[base][0], fosi_steps=sf, kind="best LR of each"))
-    for lr in lrs:                                     # same LR, target = base's own best loss
-      cb, cf = mean_curve(out, f"base_{base}", lr, seeds), mean_curve(out, base, lr, seeds)
+    for target in TARGETS:
+      row = dict(base=base, target=target, kind="each at its fastest LR")
+      for arg, key in ((f"base_{base}", "base"), (base, "fosi")):
+        reach = [(first_reach(mc[(arg, lr)], target), lr) for lr in lrs
+                 if mc[(arg, lr)] is not None and first_reach(mc[(arg, lr)], target) is not None]
+        row[f"{key}_steps"], row[f"{key}_lr"] = min(reach) if reach else (None, float("nan"))
+      ratio_rows.append(row)
+    for lr in lrs:
+      cb, cf = mc[(f"base_{base}", lr)], mc[(base, lr)]
       if cb is None or cf is None:
         continue
-      t = min(l for _, l in cb)
-      ratio_rows.append(dict(base=base, target=t, base_lr=lr, base_steps=first_reach(cb, t), fosi_lr=lr,
-                             fosi_steps=first_reach(cf, t), kind="same LR"))
+      target = TARGETS[1]
+      ratio_rows.append(dict(base=base, target=target, kind="same LR", base_lr=lr, fosi_lr=lr,
+                             base_steps=first_reach(cb, target), fosi_steps=first_reach(cf, target)))
 
   path_curves = os.path.join(RESULTS, "dho_curves.png")
   path_mem = os.path.join(RESULTS, "dho_memory.png")
@@ -223,14 +226,32 @@ def main(argv=None):
   L += [f"**Steps to target loss** (digits MLP 64-64-10, 8 devices, global batch 128, full train loss every "
         f"10 steps, mean of seeds {list(seeds)}, {steps} steps). FOSI: k=10, m=40, T=W=50, alpha=0.01, "
         "HB: c_max=3, heavy-ball Newton momentum; Adam: `fosi_adam` preset (EMA, c_max=1). LR grids: "
-        f"HB {list(grids['hb'])}, Adam {list(grids['adam'])}. Target = the lowest loss the base optimizer reaches "
-        "in the run (best LR of each: the best-tuned base's; same LR: that LR's).", "",
+        f"HB {list(grids['hb'])}, Adam {list(grids['adam'])}; a diverged run counts as not reaching. Steps = first "
+        "evaluation at or below the target; *each at its fastest LR* = minimum over the grid for each method "
+        f"separately; *same LR* uses target {TARGETS[1]}.", "",
         "| base | comparison | target loss | base LR | base steps | FOSI LR | FOSI steps | speed-up |",
         "|---|---|---|---|---|---|---|---|"]
   for r in ratio_rows:
-    sp = (f"{r['base_steps'] / r['fosi_steps']:.2f}x" if r["fosi_steps"] else "not reached")
+    sp = (f"{r['base_steps'] / r['fosi_steps']:.2f}x" if r["fosi_steps"] and r["base_steps"] else
+          ("not reached by FOSI" if r["base_steps"] else "not reached by base"))
     L.append(f"| {r['base']} | {r['kind']} | {r['target']:.4f} | {r['base_lr']:g} | {r['base_steps']} | "
              f"{r['fosi_lr']:g} | {r['fosi_steps']} | {sp} |")
+  tuned = [r["base_steps"] / r["fosi_steps"] for r in ratio_rows
+           if r["kind"] != "same LR" and r["base_steps"] and r["fosi_steps"]]
+  same = [r["base_steps"] / r["fosi_steps"] for r in ratio_rows
+          if r["kind"] == "same LR" and r["base_steps"] and r["fosi_steps"]]
+  L += ["", f"Analysis: with each method at its own fastest LR, FOSI needs {min(tuned):.2f}x-{max(tuned):.2f}x "
+        f"fewer steps than its base optimizer ({'meets' if min(tuned) >= 1.4 else 'below'} the issue's 1.4x "
+        f"target{'' if min(tuned) >= 1.4 else (' except at some targets' if max(tuned) >= 1.4 else '')}). At "
+        f"equal LR the gain is larger ({min(same):.2f}x-{max(same):.2f}x): for HB most of it is the base-LR "
+        "scale c = clip(lambda_1/lambda_k, 1, 3), i.e. FOSI-HB at LR x behaves like HB at up to 3x, which the "
+        "per-method tuning gives the base optimizer too (and at the largest LR c pushes FOSI-HB past the stable "
+        "step). With alpha = 0.01 (the paper's value) the Newton part removes only ~1% of the top-k error per "
+        "step; the other effect is that the base step is kept out of the top-k eigenspace. The digits MLP is "
+        "small and well conditioned after a few hundred steps, so the curvature has little to fix; FOSI's "
+        "paper-scale gains (and DHO2's 1.4x-2.1x total-time claims, measured on GPUs against other distributed "
+        "optimizers) were not reproduced at this scale. In wall time on this CPU the refresh (m = 40 HVPs) "
+        "costs ~15-30 plain steps, i.e. +15-75% per step amortised over T = 50.", ""]
   L += ["", "**Step time** (digits MLP 64-64-10, 8 simulated devices, blocking every step; refresh every 50 "
         "steps; ms):", "", "| method | plain step (median) | refresh step (median) | mean over all steps "
         "(refresh amortised) | refreshes |", "|---|---|---|---|---|"]

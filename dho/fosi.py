@@ -333,8 +333,8 @@ def fosi_sgd(base, loss_fn, **kw):
   return fosi(base, loss_fn, momentum="none", **kw)
 
 
-def dho2(base: optax.GradientTransformation, loss_fn: Callable, *, num_shards: int = 1,
-         axis_name="data", k: int = 16, l: int = 0, m: int | None = None, refresh_every: int = 100,
+def dho2(base: optax.GradientTransformation, loss_fn: Callable, *, num_shards: int | None = None,
+         mesh=None, axis_name="data", k: int = 16, l: int = 0, m: int | None = None, refresh_every: int = 100,
          warmup: int = 1, alpha=0.1, scale_clip=3.0, momentum: str = "ema", decay=0.9, seed: int = 0,
          eig_floor=0.0, eig_shift=0.0, admm: str | None = None, admm_period: int | None = None,
          admm_sigma=5e-9, curvature_delay: int = 0, lanczos_dtype=None):
@@ -350,6 +350,7 @@ def dho2(base: optax.GradientTransformation, loss_fn: Callable, *, num_shards: i
   Args:
     warmup: W; the first refresh is at 0-based call W-1 (default 1: at the first call, as [C2]).
     num_shards: P, the size of ``axis_name`` (state shapes depend on it; 1 with ``axis_name=None``).
+    mesh: alternatively, the mesh: ``num_shards = mesh.shape[axis_name]``.
     admm: None or ``"reference"``: the released v2 code's period rule ([P2]): every
       ``admm_period`` calls ``a <- x`` at the period start, ``g_hat = g + sigma * sum(delta)`` every
       step, at the period end ``x <- x_end + sum_j delta_j``.
@@ -357,6 +358,12 @@ def dho2(base: optax.GradientTransformation, loss_fn: Callable, *, num_shards: i
     Other arguments: see ``fosi``. ``init`` returns the per-device state (``s``-sized slices);
     ``sharded_leaves`` marks which leaves differ per device.
   """
+  if num_shards is None:
+    if mesh is not None and axis_name is not None:
+      axes = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
+      num_shards = int(np.prod([mesh.shape[a] for a in axes]))
+    else:
+      num_shards = 1
   return _build(base, loss_fn, k=k, l=l, m=m, refresh_every=refresh_every, warmup=warmup, alpha=alpha,
                 scale_clip=scale_clip, momentum=momentum, decay=decay, seed=seed, eig_floor=eig_floor,
                 eig_shift=eig_shift, axis_name=axis_name, num_shards=num_shards, dho2_state=True,

@@ -7,7 +7,7 @@ import pytest
 
 import dho
 from common.comm import collective_bytes, dense_allreduce_present
-from tests.dho_helpers import run_sharded, run_single, softmax_problem
+from tests.dho_helpers import mesh, run_sharded, run_single, softmax_problem
 
 KW = dict(k=3, l=0, m=12, refresh_every=2, warmup=1, alpha=0.1, momentum="heavy_ball")
 BASES = {"sgd": optax.sgd(0.1), "hb": optax.sgd(0.1, momentum=0.9), "adam": optax.adam(0.01)}
@@ -96,7 +96,7 @@ def test_admm_sharded_equals_unsharded():
   params, loss, batch = softmax_problem(rows=64)
   kw = dict(KW, admm="reference", admm_period=2)
   ref_p, _, _ = run_single(dho.dho2(optax.sgd(0.1), loss, axis_name=None, **kw), params, loss, batch, 4)
-  ps, _, _, _ = run_sharded(dho.dho2(optax.sgd(0.1), loss, num_shards=4, **kw), params, loss, batch, 4, 4)
+  ps, _, _, _ = run_sharded(dho.dho2(optax.sgd(0.1), loss, mesh=mesh(4), **kw), params, loss, batch, 4, 4)
   assert _maxdiff(ps[-1], ref_p[-1]) <= 2e-5
 
 
