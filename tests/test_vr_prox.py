@@ -392,3 +392,44 @@ def test_problem_c_digits_l1_matches_spec_and_sklearn():
   traj = _run(vr_prox.tap_svrg(1.0, prox, max_delay=3), x, y, 12)
   assert (obj(traj[-1]) - p_star) / p_star <= 1e-9
   assert _support(traj[-1]) == _support(w_star)
+
+
+# ----------------------------------------------------------------------------- event model
+def test_event_trace_homogeneous_and_heterogeneous():
+  homo = vr_prox.event_trace(K, 10 * K)
+  np.testing.assert_array_equal(homo.worker, np.tile(np.arange(K), 10))  # round robin
+  np.testing.assert_array_equal(homo.delay[K:], K - 1)                     # fixed delay K - 1
+  np.testing.assert_array_equal(homo.delay[:K], np.arange(K))
+  het = vr_prox.event_trace(K, 400, speeds=np.linspace(1, 2, K), sigma=0.3, server_time=0.01, seed=3)
+  assert np.all(np.diff(het.time) >= 0.01 - 1e-12)  # one update per service time at most
+  assert len(np.unique(het.delay[K:])) > 3 and het.delay.max() >= K
+  # delay = updates since the worker's previous message (its read), recomputed independently
+  last = {}
+  for t, (k, d) in enumerate(zip(het.worker, het.delay)):
+    assert d == t - (last[k] + 1 if k in last else 0)
+    last[k] = t
+  again = vr_prox.event_trace(K, 400, speeds=np.linspace(1, 2, K), sigma=0.3, server_time=0.01, seed=3)
+  np.testing.assert_array_equal(het.delay, again.delay)
+  with pytest.raises(ValueError, match="speeds"):
+    vr_prox.event_trace(K, 10, speeds=[1.0, 2.0])
+
+
+def test_event_trace_replay_homogeneous_dap_stalls_tap_converges(problem):
+  """Homogeneous workers: round-robin arrivals with delay K - 1 = 7 (spec §4.1c); replayed by the
+  serial model, the paper's rule stalls and TAP converges to P*."""
+  x, y, w_star, _ = problem
+  n = len(y)
+  data, mask = _shard(x, y, np.array_split(np.arange(n), K))
+  rounds = n // K
+  tr = vr_prox.event_trace(K, rounds * K)
+  prox = vr_prox.prox_elastic_net(L1, L2)
+  gaps = {}
+  for server in ("add", "prox"):
+    f = jax.jit(lambda p, key: vr_prox.serial_epoch(
+        ex_loss, prox, p, data, mask, key, learning_rate=1.0, num_workers=K, rounds=rounds, server=server,
+        max_delay=int(tr.delay.max()), delay_schedule="trace", delay_trace=tr.delay, worker_trace=tr.worker))
+    p = jnp.zeros(x.shape[1])
+    for e in range(10):
+      p = f(p, jax.random.fold_in(jax.random.PRNGKey(0), e))
+    gaps[server] = _gap(problem, np.asarray(p))
+  assert gaps["add"] >= 1e-5 and gaps["prox"] <= 1e-9, gaps

@@ -10,7 +10,7 @@ Public API:
   transformations: ``dap_svrg``, ``tap_svrg``, ``prox_svrg``, ``dap_sgd``, ``tap_sgd``
   epoch pieces:    ``refresh``, ``full_gradient``, ``read_params``, ``read_delay``, ``objective``,
                    ``to_varying``, ``state_specs``, ``epoch_fn``, ``sharded_epoch``, ``sample_indices``
-  serial model:    ``serial_epoch``
+  serial model:    ``serial_epoch``; event model: ``event_trace`` (host-side, replayed by serial_epoch)
   prox operators:  ``prox_l1``, ``prox_elastic_net``, ``prox_group_lasso``,
                    ``prox_sparse_group_lasso``, ``prox_box``, ``prox_none``, ``make_prox``,
                    ``prox_cleanup``, ``soft_threshold``
@@ -19,6 +19,7 @@ Public API:
 from vr_prox._dap import (DapSvrgState, SCHEDULES, dap_sgd, dap_svrg, full_gradient, objective, prox_svrg,
                           read_delay, read_params, refresh, state_specs, tap_sgd, tap_svrg, to_varying)
 from vr_prox._epoch import epoch_fn, sample_indices, sharded_epoch
+from vr_prox._event import EventTrace, event_trace
 from vr_prox._serial import serial_epoch
 from vr_prox._prox import (PROX_NAMES, make_prox, prox_box, prox_cleanup, prox_elastic_net, prox_group_lasso,
                            prox_l1, prox_none, prox_sparse_group_lasso, soft_threshold)
@@ -33,7 +34,7 @@ def payload_bytes(params) -> int:
 
 
 __all__ = [
-    "DapSvrgState", "PROX_NAMES", "SCHEDULES", "dap_sgd", "dap_svrg", "epoch_fn", "full_gradient",
+    "DapSvrgState", "EventTrace", "PROX_NAMES", "SCHEDULES", "dap_sgd", "dap_svrg", "epoch_fn", "event_trace", "full_gradient",
     "make_prox", "objective", "payload_bytes", "prox_box", "prox_cleanup", "prox_elastic_net",
     "prox_group_lasso", "prox_l1", "prox_none", "prox_sparse_group_lasso", "prox_svrg", "read_delay",
     "read_params", "refresh", "sample_indices", "serial_epoch", "sharded_epoch", "soft_threshold", "state_specs", "tap_sgd", "tap_svrg",

@@ -30,8 +30,8 @@ from vr_prox._prox import is_prox
 
 def serial_epoch(example_loss_fn: Callable, prox, params, data, mask, key, *, learning_rate: float,
                  num_workers: int, rounds: int, max_delay: int = 0, delay_schedule: str = "uniform",
-                 delay_trace=None, server: str = "add", relaxation: float = 1.0, batch_size: int = 1,
-                 variance_reduced: bool = True):
+                 delay_trace=None, worker_trace=None, server: str = "add", relaxation: float = 1.0,
+                 batch_size: int = 1, variance_reduced: bool = True):
   """One epoch of the serial model: snapshot + full gradient, then ``rounds * num_workers`` updates.
 
   Args:
@@ -44,6 +44,8 @@ def serial_epoch(example_loss_fn: Callable, prox, params, data, mask, key, *, le
     learning_rate: gamma. relaxation: DAP's server weight theta.
     max_delay: tau, in server updates. delay_schedule: uniform | fixed | cyclic | trace
       (``delay_trace``: int array [rounds * num_workers] of update delays).
+    worker_trace: optional int array [rounds * num_workers]: the worker of each update (e.g.
+      from ``vr_prox.event_trace``); default: each round the K workers in a seeded order.
     server: "add" (DAP) or "prox" (TAP).
   Returns:
     the server iterate after the epoch.
@@ -66,6 +68,13 @@ def serial_epoch(example_loss_fn: Callable, prox, params, data, mask, key, *, le
     trace = jnp.asarray(trace, jnp.int32)
   else:
     trace = jnp.zeros((1,), jnp.int32)
+  if worker_trace is not None:
+    wt = np.asarray(worker_trace)
+    if wt.shape != (total,) or wt.min() < 0 or wt.max() >= num_workers:
+      raise ValueError(f"worker_trace must be {total} worker ids in [0, {num_workers})")
+    worker_ids = jnp.asarray(wt, jnp.int32)
+  else:
+    worker_ids = None
   size = max_delay + 1
   rows = mask.shape[0] // num_workers
   counts = jnp.sum(mask.reshape(num_workers, rows), axis=1)
@@ -85,7 +94,10 @@ def serial_epoch(example_loss_fn: Callable, prox, params, data, mask, key, *, le
   def one_update(carry, t):
     x, history, head = carry
     r, j = t // num_workers, t % num_workers
-    worker = jax.random.permutation(jax.random.fold_in(k_order, r), num_workers)[j]
+    if worker_ids is None:
+      worker = jax.random.permutation(jax.random.fold_in(k_order, r), num_workers)[j]
+    else:
+      worker = worker_ids[t]
     uniform = jax.random.randint(jax.random.fold_in(k_delay, t), (), 0, size)
     d = {"uniform": uniform, "fixed": jnp.asarray(max_delay), "cyclic": worker % size,
          "trace": trace[t % trace.shape[0]]}[delay_schedule]
