@@ -167,3 +167,14 @@ def test_lanczos_float32_without_x64():
 def test_lanczos_bad_input():
   with pytest.raises(ValueError, match="m must be"):
     dho.lanczos(lambda v: v, 10, 0, jax.random.PRNGKey(0))
+
+
+def test_hvp_inside_shard_map_equals_global_hvp(x64):
+  """dho.hvp(axis_name=...) at pcast params + one pmean == single-device HVP of the global batch
+  (guards against the implicit psum of grads w.r.t. replicated params: no factor P)."""
+  x, y, w, loss = _least_squares(n=40, rows=64)
+  v = jnp.asarray(np.random.default_rng(2).normal(size=40), jnp.float32)
+  ref = dho.hvp(loss, w, (x, y), v)
+  fn = jax.jit(jax.shard_map(lambda w, v, bx, by: dho.hvp(loss, w, (bx, by), v, axis_name=AXIS), mesh=mesh(8),
+                             in_specs=(jax.P(), jax.P(), jax.P(AXIS), jax.P(AXIS)), out_specs=jax.P()))
+  np.testing.assert_allclose(fn(w, v, x, y), ref, rtol=1e-5, atol=1e-5)
