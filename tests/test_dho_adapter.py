@@ -42,3 +42,16 @@ def test_bad_config_raises_config_error(field, overrides):
   with pytest.raises(ConfigError) as err:
     train.validate(config, available_devices=8)
   assert err.value.field == field
+
+
+@pytest.mark.slow
+def test_fosi_hb_beats_hb_at_equal_lr_on_digits():
+  """Benchmark claim (benchmarks/dho.py, 'same LR' row): FOSI-HB reaches full train loss 0.03 in
+  fewer steps than heavy ball at lr 0.1 on the digits MLP."""
+  def steps_to(arg):
+    config = importlib.import_module("configs.dho_mlp_digits").get_config(arg)
+    config.lr, config.num_steps, config.eval_every, config.log_every = 0.1, 400, 10, 10 ** 6
+    history = train.run(config, None, quiet=True).history
+    return next((h["step"] for h in history if "train_loss" in h and h["train_loss"] <= 0.03), 10 ** 6)
+  fosi_steps, base_steps = steps_to("hb"), steps_to("base_hb")
+  assert fosi_steps * 1.4 <= base_steps, (fosi_steps, base_steps)
