@@ -6,7 +6,7 @@ import pytest
 from jax import lax
 
 import dho
-from tests.dho_helpers import AXIS, mesh, planted
+from tests.test_dho_helpers import AXIS, mesh, planted
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import optax
 import pytest
 
 import dho
-from tests.dho_helpers import numpy_fosi_step, numpy_lanczos, planted, quad_loss, run_single, softmax_problem
+from tests.test_dho_helpers import numpy_fosi_step, numpy_lanczos, planted, quad_loss, run_single, softmax_problem
 
 
 @pytest.fixture

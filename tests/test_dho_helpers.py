@@ -1,4 +1,4 @@
-"""Shared fixtures of the dho tests: toy problems, numpy reference FOSI, sharded runners."""
+"""Shared fixtures of the dho tests (no tests here): toy problems, numpy reference FOSI, sharded runners."""
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -7,7 +7,7 @@ import pytest
 
 import dho
 from common.comm import collective_bytes, dense_allreduce_present
-from tests.dho_helpers import mesh, run_sharded, run_single, softmax_problem
+from tests.test_dho_helpers import mesh, run_sharded, run_single, softmax_problem
 
 KW = dict(k=3, l=0, m=12, refresh_every=2, warmup=1, alpha=0.1, momentum="heavy_ball")
 BASES = {"sgd": optax.sgd(0.1), "hb": optax.sgd(0.1, momentum=0.9), "adam": optax.adam(0.01)}
