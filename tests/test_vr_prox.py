@@ -433,3 +433,19 @@ def test_event_trace_replay_homogeneous_dap_stalls_tap_converges(problem):
       p = f(p, jax.random.fold_in(jax.random.PRNGKey(0), e))
     gaps[server] = _gap(problem, np.asarray(p))
   assert gaps["add"] >= 1e-5 and gaps["prox"] <= 1e-9, gaps
+
+
+def test_averaged_snapshot_variant_converges(problem):
+  """snapshot="average" ([XZ] Thm 3.1: x~_s = mean of the epoch's iterates) also reaches P*."""
+  x, y, w_star, _ = problem
+  n, dim = x.shape
+  tx = vr_prox.prox_svrg(1.0, vr_prox.prox_elastic_net(L1, L2))
+  ep = jax.jit(vr_prox.epoch_fn(ex_loss, tx, rounds=n, axis_name=None, snapshot="average"))
+  p, s, gaps = jnp.zeros(dim), tx.init(jnp.zeros(dim)), []
+  for _ in range(14):
+    p, s = ep(p, s, (jnp.asarray(x), jnp.asarray(y)), jnp.ones(n), jax.random.PRNGKey(0))
+    gaps.append(_gap(problem, np.asarray(p)))
+  assert gaps[-1] <= 1e-9, gaps
+  assert all(b < a for a, b in zip(gaps[:6], gaps[1:7]))  # monotone early decrease
+  with pytest.raises(ValueError, match="snapshot"):
+    vr_prox.epoch_fn(ex_loss, tx, rounds=n, axis_name=None, snapshot="best")

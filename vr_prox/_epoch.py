@@ -28,7 +28,7 @@ def sample_indices(key, round_index, worker, batch_size: int, local_count):
 
 def epoch_fn(example_loss_fn: Callable, tx: optax.GradientTransformationExtraArgs, *, rounds: int,
              batch_size: int = 1, axis_name: str | None = "data", variance_reduced: bool = True,
-             get_state: Callable | None = None, set_state: Callable | None = None):
+             snapshot: str = "last", get_state: Callable | None = None, set_state: Callable | None = None):
   """Per-device epoch ``(params, state, data, mask, key) -> (params, state)``.
 
   Args:
@@ -38,8 +38,15 @@ def epoch_fn(example_loss_fn: Callable, tx: optax.GradientTransformationExtraArg
     batch_size: rows per worker per round.
     axis_name: worker axis (run inside ``shard_map``) or None (one device, plain jit).
     variance_reduced: refresh the snapshot and full gradient at the epoch start.
+    snapshot: ``"last"`` (the next epoch starts from the last server iterate: the authors' code,
+      the practical choice) or ``"average"`` (from the mean of the epoch's iterates: the choice
+      of [XZ] Theorem 3.1, x~_s = (1/m) sum_k x_k).
     get_state, set_state: locate the ``DapSvrgState`` inside a wrapped state (default: it is).
   """
+  if snapshot not in ("last", "average"):
+    raise ValueError(f"snapshot must be 'last' or 'average', got {snapshot!r}")
+  if not isinstance(rounds, int) or rounds < 1:
+    raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
   get_state = get_state or (lambda s: s)
   set_state = set_state or (lambda s, inner: inner)
 
@@ -54,7 +61,7 @@ def epoch_fn(example_loss_fn: Callable, tx: optax.GradientTransformationExtraArg
     worker = lax.axis_index(axis_name) if axis_name is not None else 0
 
     def one_round(carry, _):
-      params, state = carry
+      params, state, total = carry
       inner = get_state(state)
       idx = sample_indices(key, inner.count, worker, batch_size, local_count)
       batch = jax.tree.map(lambda a: a[idx], data)
@@ -63,20 +70,27 @@ def epoch_fn(example_loss_fn: Callable, tx: optax.GradientTransformationExtraArg
       if variance_reduced:
         extra["snapshot_grads"] = jax.grad(batch_loss)(to_varying(inner.snapshot, axis_name), batch)
       updates, state = tx.update(g_read, state, params, **extra)
-      return (optax.apply_updates(params, updates), state), None
+      params = optax.apply_updates(params, updates)
+      if snapshot == "average":
+        total = jax.tree.map(jnp.add, total, params)
+      return (params, state, total), None
 
-    (params, state), _ = lax.scan(one_round, (params, state), None, length=rounds)
+    total = jax.tree.map(jnp.zeros_like, params) if snapshot == "average" else ()
+    (params, state, total), _ = lax.scan(one_round, (params, state, total), None, length=rounds)
+    if snapshot == "average":
+      params = jax.tree.map(lambda s, p: (s / rounds).astype(p.dtype), total, params)
     return params, state
 
   return epoch
 
 
 def sharded_epoch(example_loss_fn: Callable, tx, mesh, *, rounds: int, batch_size: int = 1,
-                  axis_name: str = "data", variance_reduced: bool = True, donate: bool = False):
+                  axis_name: str = "data", variance_reduced: bool = True, snapshot: str = "last",
+                  donate: bool = False):
   """``jit(shard_map(epoch_fn(...)))`` over ``mesh``: params/state replicated, data/mask ``P(axis)``,
   key replicated. Block on the result every call on CPU (queued collective programs deadlock)."""
   fn = epoch_fn(example_loss_fn, tx, rounds=rounds, batch_size=batch_size, axis_name=axis_name,
-                variance_reduced=variance_reduced)
+                variance_reduced=variance_reduced, snapshot=snapshot)
   spec = jax.P(axis_name)
   sm = jax.shard_map(fn, mesh=mesh, in_specs=(jax.P(), jax.P(), spec, spec, jax.P()),
                      out_specs=(jax.P(), jax.P()))
