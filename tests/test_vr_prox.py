@@ -449,3 +449,24 @@ def test_averaged_snapshot_variant_converges(problem):
   assert all(b < a for a, b in zip(gaps[:6], gaps[1:7]))  # monotone early decrease
   with pytest.raises(ValueError, match="snapshot"):
     vr_prox.epoch_fn(ex_loss, tx, rounds=n, axis_name=None, snapshot="best")
+
+
+def test_tap_per_round_and_lr_schedule(problem):
+  """tap_prox="per_round" (the authors' grouped server, one prox of the summed step) equals the
+  per-arrival prox when the prox is linear (none), and differs with l1; a learning-rate schedule
+  (callable of the round count) is evaluated per round: a constant schedule equals the constant."""
+  x, y, _, _ = problem
+  none, l1 = vr_prox.prox_none(), vr_prox.prox_l1(0.05)
+  runs = {}
+  for name, prox in (("none", none), ("l1", l1)):
+    for mode in ("per_update", "per_round"):
+      runs[name, mode] = _run(vr_prox.tap_svrg(0.3, prox, tap_prox=mode), x, y, 1, rounds=10)[-1]
+  np.testing.assert_allclose(runs["none", "per_round"], runs["none", "per_update"], rtol=1e-12, atol=1e-15)
+  assert np.max(np.abs(runs["l1", "per_round"] - runs["l1", "per_update"])) > 1e-4
+  const = _run(vr_prox.dap_sgd(0.3, l1, relaxation=1 / 8), x, y, 1, rounds=10, vr=False)[-1]
+  sched = _run(vr_prox.dap_sgd(lambda count: 0.3 + 0.0 * count, l1, relaxation=1 / 8), x, y, 1, rounds=10,
+               vr=False)[-1]
+  np.testing.assert_allclose(sched, const, rtol=1e-14)
+  decay = _run(vr_prox.dap_sgd(lambda count: 0.3 / (1.0 + count), l1, relaxation=1 / 8), x, y, 1, rounds=10,
+               vr=False)[-1]
+  assert not np.allclose(decay, const)
