@@ -1,0 +1,61 @@
+"""Conformance entries of sign1bit.
+
+With ``axis_name=None`` a scheme is one worker (W = 1), so the allocations are built for the
+axis at hand: frc(8, d) inside ``shard_map``, frc(1, 1) on one device. Real-valued SGC with
+p = 0 and d = 1 decodes (1/N) Σ_i ∇f_i, the global mean gradient over equal shards: exact.
+The 1-bit schemes are stochastic (exact=False). Per-worker leaves (``clip_count``, EF
+``error``) are stored per device. Payload per device: ⌈D/8⌉ bytes, + 4 with a per-worker scale,
+4 D for fp32; D = 12·5 + 5 = 65.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import sign1bit
+from tests.conformance import Entry
+
+_D = 12 * 5 + 5
+
+
+def _params():
+  k1, _ = jax.random.split(jax.random.key(5))
+  return {"w": jax.random.normal(k1, (12, 5)) * 0.1, "b": jnp.zeros((5,))}
+
+
+def _loss(params, x, y):
+  logits = x @ params["w"] + params["b"]
+  return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def _data():
+  rng = np.random.default_rng(2)
+  return rng.normal(size=(32, 12)).astype(np.float32), rng.integers(0, 5, 32).astype(np.int32)
+
+
+def _alloc(axis_name, d):
+  return sign1bit.allocation("frc", 1, 1) if axis_name is None else sign1bit.allocation("frc", 8, d)
+
+
+ENTRIES = [
+    Entry("sign1bit_one_bit_gc_linf", lambda axis_name, learning_rate: sign1bit.one_bit_gc(
+        learning_rate, _alloc(axis_name, 2), 0.25, "linf", axis_name=axis_name, seed=1),
+          _params, _loss, _data, hparams={"learning_rate": 0.1}, worker_leaves=sign1bit.worker_leaves,
+          exact=False, payload_bytes=lambda P: sign1bit.payload_bytes(_D, "one_bit_scale")),
+    Entry("sign1bit_one_bit_gc_const", lambda axis_name, learning_rate: sign1bit.one_bit_gc(
+        learning_rate, _alloc(axis_name, 4), 0.0, 0.5, axis_name=axis_name),
+          _params, _loss, _data, hparams={"learning_rate": 0.1}, worker_leaves=sign1bit.worker_leaves,
+          exact=False, payload_bytes=lambda P: sign1bit.payload_bytes(_D, "one_bit")),
+    Entry("sign1bit_sgc_exact", lambda axis_name, learning_rate: sign1bit.sgc(
+        learning_rate, _alloc(axis_name, 1), 0.0, axis_name=axis_name),
+          _params, _loss, _data, hparams={"learning_rate": 0.1}, worker_leaves=sign1bit.worker_leaves,
+          exact=True, payload_bytes=lambda P: sign1bit.payload_bytes(_D, "fp32")),
+    Entry("sign1bit_ef_signsgd", lambda axis_name, learning_rate: sign1bit.ef_signsgd(
+        learning_rate, 0.25, axis_name=axis_name, seed=3),
+          _params, _loss, _data, hparams={"learning_rate": 0.05}, worker_leaves=sign1bit.worker_leaves,
+          exact=False, payload_bytes=lambda P: sign1bit.payload_bytes(_D, "one_bit_scale")),
+    Entry("sign1bit_signsgd_majority", lambda axis_name, learning_rate: sign1bit.signsgd_majority(
+        learning_rate, 0.25, axis_name=axis_name),
+          _params, _loss, _data, hparams={"learning_rate": 0.01}, worker_leaves=sign1bit.worker_leaves,
+          exact=False, payload_bytes=lambda P: sign1bit.payload_bytes(_D, "one_bit")),
+]
