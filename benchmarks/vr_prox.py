@@ -32,21 +32,14 @@ import vr_prox  # noqa: E402
 from benchmarks.notes import RESULTS, write_result  # noqa: E402
 from common import baseline  # noqa: E402
 from common.comm import collective_bytes  # noqa: E402
+from common.references import breast_cancer_elastic_net  # noqa: E402
 
 L1, L2 = 3e-3, 1e-2
 
 
 def problem():
-  from sklearn.datasets import load_breast_cancer
-  from sklearn.linear_model import LogisticRegression
-  from sklearn.preprocessing import StandardScaler, normalize
-  d = load_breast_cancer()
-  x = normalize(StandardScaler().fit_transform(d.data))
-  y = np.where(d.target == 1, 1.0, -1.0)
-  n = len(y)
-  clf = LogisticRegression(C=1 / (n * (L1 + L2)), l1_ratio=L1 / (L1 + L2), solver="saga",
-                           fit_intercept=False, tol=1e-12, max_iter=200000).fit(x, y)
-  return x, y, objective_np(x, y, clf.coef_.ravel())
+  x, y, w_star = breast_cancer_elastic_net(L1, L2)
+  return x, y, objective_np(x, y, w_star)
 
 
 def objective_np(x, y, w):

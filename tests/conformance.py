@@ -28,6 +28,25 @@ from jax import lax
 AXIS = "data"
 
 
+def softmax_problem(param_seed: int, data_seed: int):
+  """A small softmax regression (12 features, 5 classes, 32 rows) shared by several packages'
+  entries: returns ``(params_fn, loss_fn, data_fn)``."""
+
+  def params():
+    k1, _ = jax.random.split(jax.random.key(param_seed))
+    return {"w": jax.random.normal(k1, (12, 5)) * 0.1, "b": jnp.zeros((5,))}
+
+  def loss(params, x, y):
+    logits = x @ params["w"] + params["b"]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  def data():
+    rng = np.random.default_rng(data_seed)
+    return rng.normal(size=(32, 12)).astype(np.float32), rng.integers(0, 5, 32).astype(np.int32)
+
+  return params, loss, data
+
+
 @dataclasses.dataclass(frozen=True)
 class Entry:
   """One transformation under test.

@@ -1,26 +1,10 @@
 """Conformance entries of the dense data-parallel baseline (the suite's first entry)."""
-import jax
-import jax.numpy as jnp
-import numpy as np
 import optax
 
 from common import baseline
-from tests.conformance import Entry
+from tests.conformance import Entry, softmax_problem
 
-
-def _params():
-  k1, k2 = jax.random.split(jax.random.key(0))
-  return {"w": jax.random.normal(k1, (12, 5)) * 0.1, "b": jnp.zeros((5,))}
-
-
-def _loss(params, x, y):
-  logits = x @ params["w"] + params["b"]
-  return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-
-def _data():
-  rng = np.random.default_rng(0)
-  return rng.normal(size=(32, 12)).astype(np.float32), rng.integers(0, 5, 32).astype(np.int32)
+_params, _loss, _data = softmax_problem(0, 0)
 
 
 ENTRIES = [

@@ -7,30 +7,13 @@ The 1-bit schemes are stochastic (exact=False). Per-worker leaves (``clip_count`
 ``error``) are stored per device. Payload per device: ⌈D/8⌉ bytes, + 4 with a per-worker scale,
 4 D for fp32; D = 12·5 + 5 = 65.
 """
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
 
 import sign1bit
-from tests.conformance import Entry
+from tests.conformance import Entry, softmax_problem
 
 _D = 12 * 5 + 5
 
-
-def _params():
-  k1, _ = jax.random.split(jax.random.key(5))
-  return {"w": jax.random.normal(k1, (12, 5)) * 0.1, "b": jnp.zeros((5,))}
-
-
-def _loss(params, x, y):
-  logits = x @ params["w"] + params["b"]
-  return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-
-def _data():
-  rng = np.random.default_rng(2)
-  return rng.normal(size=(32, 12)).astype(np.float32), rng.integers(0, 5, 32).astype(np.int32)
+_params, _loss, _data = softmax_problem(5, 2)
 
 
 def _alloc(axis_name, d):

@@ -9,29 +9,13 @@ Payload per round: one psum of Delta (DAP) or this device's share of the all_gat
 4 bytes per float32 parameter.
 """
 import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
 from jax import lax
 
 import vr_prox
 from vr_prox._dap import _is_varying
-from tests.conformance import AXIS, Entry
+from tests.conformance import AXIS, Entry, softmax_problem
 
-
-def _params():
-  k1, _ = jax.random.split(jax.random.key(3))
-  return {"w": jax.random.normal(k1, (12, 5)) * 0.1, "b": jnp.zeros((5,))}
-
-
-def _loss(params, x, y):
-  logits = x @ params["w"] + params["b"]
-  return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-
-def _data():
-  rng = np.random.default_rng(1)
-  return rng.normal(size=(32, 12)).astype(np.float32), rng.integers(0, 5, 32).astype(np.int32)
+_params, _loss, _data = softmax_problem(3, 1)
 
 
 def _snapshot_grads(params, x, y):

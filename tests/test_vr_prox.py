@@ -13,6 +13,7 @@ from jax.sharding import AxisType
 
 import vr_prox
 from common.comm import collective_bytes
+from common.references import breast_cancer_elastic_net
 
 L1, L2 = 3e-3, 1e-2
 K = 8
@@ -26,16 +27,7 @@ def _x64():
 
 @pytest.fixture(scope="module")
 def problem():
-  from sklearn.datasets import load_breast_cancer
-  from sklearn.linear_model import LogisticRegression
-  from sklearn.preprocessing import StandardScaler, normalize
-  d = load_breast_cancer()
-  x = normalize(StandardScaler().fit_transform(d.data))
-  y = np.where(d.target == 1, 1.0, -1.0)
-  n = len(y)
-  clf = LogisticRegression(C=1 / (n * (L1 + L2)), l1_ratio=L1 / (L1 + L2), solver="saga",
-                           fit_intercept=False, tol=1e-12, max_iter=200000).fit(x, y)
-  w_star = clf.coef_.ravel()
+  x, y, w_star = breast_cancer_elastic_net(L1, L2)
   p_star = _objective_np(x, y, w_star)
   assert abs(p_star - 0.306716049462772) < 1e-12  # the spec's agreed value (FISTA, saga)
   return x, y, w_star, p_star
