@@ -7,21 +7,15 @@
 Per device: basis m*ceil(n/P) floats, eigenvector slice r*ceil(n/P), velocity and base state slices.
 """
 from configs.common import base_config
+from configs.dho_mlp_digits import mlp_digits
 
 
 def get_config(arg=None):
   p = int(arg or 8)
   if p not in (1, 2, 4, 8):
     raise ValueError(f"arg (devices) must be 1, 2, 4 or 8, got {arg!r}")
-  config = base_config("dho")
+  config = mlp_digits(base_config("dho"))
   config.num_devices = p
-  config.model = "mlp"
-  config.widths = (64,)
-  config.batch_size = 128
-  config.num_steps = 600
-  config.log_every = 50
-  config.eval_every = 200
-  config.checkpoint_every = 0
   config.optimizer = "momentum"
   config.lr = 0.05
   config.algo.variant = "dho2"

@@ -10,11 +10,8 @@ k=10, m=40, alpha=0.01 as the FOSI paper's experiments; T shortened to 50 (short
 from configs.common import base_config
 
 
-def get_config(arg=None):
-  arg = arg or "hb"
-  if arg not in ("hb", "adam", "base_hb", "base_adam"):
-    raise ValueError(f"arg must be hb | adam | base_hb | base_adam, got {arg!r}")
-  config = base_config("dense" if arg.startswith("base_") else "dho")
+def mlp_digits(config):
+  """The digits 64-64-10 MLP run shared by the dho configs (600 steps, batch 128)."""
   config.model = "mlp"
   config.widths = (64,)
   config.batch_size = 128
@@ -22,6 +19,14 @@ def get_config(arg=None):
   config.log_every = 50
   config.eval_every = 200
   config.checkpoint_every = 0
+  return config
+
+
+def get_config(arg=None):
+  arg = arg or "hb"
+  if arg not in ("hb", "adam", "base_hb", "base_adam"):
+    raise ValueError(f"arg must be hb | adam | base_hb | base_adam, got {arg!r}")
+  config = mlp_digits(base_config("dense" if arg.startswith("base_") else "dho"))
   adam = arg.endswith("adam")
   config.optimizer = "adam" if adam else "momentum"
   config.lr = 1e-3 if adam else 0.05
