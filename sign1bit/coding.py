@@ -244,7 +244,8 @@ def _init(scheme: Scheme, params, with_error: bool):
   zero = jnp.zeros([], jnp.int32)
   key = jax.random.key(scheme.seed)
   if with_error:
-    return EFSignSGDState(zero, key, zero, zero, jax.tree.map(jnp.zeros_like, params))
+    return EFSignSGDState(zero, key, zero, zero,                      # error kept in f32
+                          jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params))
   return OneBitGCState(zero, key, zero, zero, zero)
 
 
@@ -272,7 +273,7 @@ def _transformation(scheme: Scheme) -> optax.GradientTransformation:
     common = dict(count=optax.safe_increment(state.count), key=state.key,
                   active_total=state.active_total + n_active, last_active=n_active)
     if with_error:
-      new_error = ravel_pytree(state.error)[1](jnp.where(mine, msg.error, error).astype(dtype))
+      new_error = ravel_pytree(state.error)[1](jnp.where(mine, msg.error, error))
       new_state = EFSignSGDState(**common, error=new_error)
     else:
       new_state = OneBitGCState(**common, clip_count=state.clip_count + jnp.where(mine, msg.clipped, 0))

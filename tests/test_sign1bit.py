@@ -459,3 +459,16 @@ def test_mesh_size_must_match_the_allocation():
   tx = sign1bit.scale_by_one_bit_gc(sign1bit.allocation("frc", 4, 2), 0.2, 1.0)
   with pytest.raises(ValueError, match="built for W=4"):
     collect(tx, np.ones((8, 3)), 1)
+
+
+def test_bf16_params_are_quantized_in_f32_and_diagnostics_are_found_in_a_chain():
+  params = {"w": jnp.full((5,), 0.25, jnp.bfloat16)}
+  tx = sign1bit.one_bit_gc(0.1, sign1bit.allocation("frc", 1, 1), 0.0, 1.0, axis_name=None)
+  state = tx.init(params)
+  u, state = tx.update(params, state)
+  assert u["w"].dtype == jnp.bfloat16 and set(np.abs(np.asarray(u["w"], np.float32)).tolist()) == {0.1}
+  diag = sign1bit.diagnostics(state)
+  assert (int(diag["active_total"]), int(diag["last_active"]), int(diag["clip_count"])) == (1, 1, 0)
+  ef = sign1bit.ef_signsgd(0.1, 0.0, axis_name=None)
+  _, state = ef.update(params, ef.init(params))
+  assert state[0].error["w"].dtype == jnp.float32
