@@ -466,7 +466,8 @@ def test_bf16_params_are_quantized_in_f32_and_diagnostics_are_found_in_a_chain()
   tx = sign1bit.one_bit_gc(0.1, sign1bit.allocation("frc", 1, 1), 0.0, 1.0, axis_name=None)
   state = tx.init(params)
   u, state = tx.update(params, state)
-  assert u["w"].dtype == jnp.bfloat16 and set(np.abs(np.asarray(u["w"], np.float32)).tolist()) == {0.1}
+  assert u["w"].dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.abs(np.asarray(u["w"], np.float32)), 0.1, rtol=1e-2)   # |η B q| = 0.1
   diag = sign1bit.diagnostics(state)
   assert (int(diag["active_total"]), int(diag["last_active"]), int(diag["clip_count"])) == (1, 1, 0)
   ef = sign1bit.ef_signsgd(0.1, 0.0, axis_name=None)
