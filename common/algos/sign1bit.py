@@ -1,0 +1,345 @@
+"""Adapter: 1-bit gradient coding under stragglers and its baselines (``config.algorithm = "sign1bit"``).
+
+Li & Skoglund, arXiv:2403.14716 (spec ``shared/specs/sign1bit.md``), package ``sign1bit``.
+
+Data layout. The training rows are cut into N partitions (``algo.partitions``: ``"sorted"`` sorts
+them by label first, the non-i.i.d. regime; ``"shuffled"`` uses a seeded permutation), with
+``np.array_split`` so sizes differ by at most one and no row is dropped. Device i holds the
+partitions S_i of the allocation (``algo.allocation``, ``algo.redundancy`` d), concatenated
+(``partition_rows``): memory grows by d. The d = 1 baselines (``ignore_stragglers*``,
+``signsgd_majority``, ``ef_signsgd``) always use frc with d = 1, i.e. N = W.
+
+Local gradient. f_k = mean loss over partition k + (λ/2)‖w‖² (λ = ``algo.l2``, every parameter),
+F = (1/N) Σ_k f_k. Each device differentiates Σ_{k∈S_i} f_k on its whole shard (full partition
+gradients, no minibatch: spec §5.3; ``config.batch_size`` is unused) at
+``lax.pcast(params, "data", to="varying")``, with per-row weights 1/n_k (0 on padding) fixed at
+build time. The scheme's decoder turns these into ĝ with E[ĝ] = ∇F (GC schemes); the update is
+plain SGD w ← w − ``config.lr`` · ĝ (``config.optimizer`` must be ``sgd``).
+
+Randomness. Stragglers and quantizer noise come from the scheme's own key (``config.seed``) in
+the optimizer state and its step counter; the harness's step key is unused. The typed key is
+stored in the harness state as key data (uint32) and re-wrapped inside the step.
+
+Metrics (replicated scalars):
+  * ``loss``: the exact objective F at the step's (pre-update) params, from one scalar psum of
+    the devices' Σ_{k∈S_i} f_k (every partition is on exactly d devices: F = Σ_i / (N d));
+  * ``active``: |R_t|, the workers that reported this step;
+  * ``uplink_bits``: cumulative Σ_t |R_t| · bits per worker (``sign1bit.payload_bits``; f32);
+  * ``clipped`` (constant bound only): fraction of the reporting workers' coordinates with
+    |c| > B this step (it rides in the same psum as the loss).
+The analytic payload is ``sign1bit.payload_bytes`` plus that psum (one or two floats).
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax import lax
+
+import sign1bit
+from common.algos.base import BuildContext, Method, param_count
+from common.errors import ConfigError
+
+SCHEMES = ("one_bit_gc", "sgc", "ignore_stragglers", "ignore_stragglers_1bit", "signsgd_majority",
+           "ef_signsgd")
+GC_SCHEMES = ("one_bit_gc", "sgc")                       # use algo.allocation / algo.redundancy
+BOUND_SCHEMES = ("one_bit_gc", "ignore_stragglers_1bit")  # use algo.bound
+INT8_SCHEMES = ("one_bit_gc", "ignore_stragglers_1bit", "signsgd_majority")  # may use wire=int8_psum
+ALLOCATIONS = ("frc", "cyclic", "bibd")
+PARTITIONS = ("sorted", "shuffled")
+WIRES = ("packed", "int8_psum")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.scheme = "one_bit_gc"      # one_bit_gc | sgc | ignore_stragglers | ignore_stragglers_1bit |
+  #                              signsgd_majority | ef_signsgd
+  c.allocation = "frc"         # frc | cyclic | bibd (GC schemes; d = 1 baselines use frc d = 1)
+  c.redundancy = 2             # d: workers per partition (bibd: 3 = Fano on 7 devices, W-1 = complement)
+  c.partitions_per_group = 1   # frc only: m partitions per group, N = (W/d)·m
+  c.straggler_prob = 0.2       # p in [0, 1): each worker straggles independently every step
+  c.bound = "linf"             # quantizer bound B: "linf" (per worker, one extra f32) or a number > 0
+  #                              given as a string, e.g. --config.algo.bound=0.625
+  c.wire = "packed"            # packed (u8 all-gather) | int8_psum (s8[D] all-reduce, 8x the bits)
+  c.partitions = "sorted"      # sorted (label-sorted, non-i.i.d.) | shuffled (seeded permutation)
+  c.l2 = 1e-3                  # λ: every f_k includes (λ/2)‖w‖²
+  return c
+
+
+# ----------------------------------------------------------------------------- config parsing
+
+
+def parse_bound(value):
+  """``"linf"`` or a float > 0 from the ``algo.bound`` string (numbers are accepted too).
+
+  Raises:
+    ConfigError("algo.bound", ...) when unparsable or not > 0.
+  """
+  if isinstance(value, str):
+    text = value.strip().lower()
+    if text == "linf":
+      return "linf"
+    try:
+      number = float(text)
+    except ValueError:
+      raise ConfigError("algo.bound", f"must be 'linf' or a number > 0, got {value!r}") from None
+  elif isinstance(value, (int, float)) and not isinstance(value, bool):
+    number = float(value)
+  else:
+    raise ConfigError("algo.bound", f"must be 'linf' or a number > 0, got {value!r}")
+  if not (math.isfinite(number) and number > 0):
+    raise ConfigError("algo.bound", f"must be 'linf' or a finite number > 0, got {value!r}")
+  return number
+
+
+def _num_devices(config) -> int:
+  return config.num_devices or jax.device_count()
+
+
+def _alloc_args(config, num_devices: int) -> tuple[str, int, int]:
+  """(kind, d, m) of the allocation the scheme uses (d = 1 baselines: frc, 1, 1)."""
+  a = config.algo
+  if a.scheme in GC_SCHEMES:
+    return a.allocation, a.redundancy, a.partitions_per_group
+  return "frc", 1, 1
+
+
+def make_allocation(config, num_devices: int) -> sign1bit.Allocation:
+  """The allocation of ``config`` over ``num_devices`` workers."""
+  kind, d, m = _alloc_args(config, num_devices)
+  if kind == "frc":
+    return sign1bit.allocation("frc", num_devices, d, partitions_per_group=m)
+  return sign1bit.allocation(kind, num_devices, d)
+
+
+def validate(config, dataset) -> None:
+  a = config.algo
+  w = _num_devices(config)
+  if a.scheme not in SCHEMES:
+    raise ConfigError("algo.scheme", f"unknown scheme {a.scheme!r}; allowed: {', '.join(SCHEMES)}")
+  if a.allocation not in ALLOCATIONS:
+    raise ConfigError("algo.allocation", f"unknown allocation {a.allocation!r}; allowed: "
+                      f"{', '.join(ALLOCATIONS)}")
+  if a.partitions not in PARTITIONS:
+    raise ConfigError("algo.partitions", f"unknown partitions {a.partitions!r}; allowed: {', '.join(PARTITIONS)}")
+  if a.wire not in WIRES:
+    raise ConfigError("algo.wire", f"unknown wire {a.wire!r}; allowed: {', '.join(WIRES)}")
+  p = a.straggler_prob
+  if not (isinstance(p, (int, float)) and not isinstance(p, bool) and 0.0 <= p < 1.0):
+    raise ConfigError("algo.straggler_prob", f"must be in [0, 1) (p = 1: nobody ever reports), got {p!r}")
+  bound = parse_bound(a.bound)
+  if not (isinstance(a.l2, (int, float)) and math.isfinite(a.l2) and a.l2 >= 0):
+    raise ConfigError("algo.l2", f"must be a finite number >= 0, got {a.l2!r}")
+  if not isinstance(a.redundancy, int) or isinstance(a.redundancy, bool) or a.redundancy < 1:
+    raise ConfigError("algo.redundancy", f"must be an integer >= 1, got {a.redundancy!r}")
+  if not isinstance(a.partitions_per_group, int) or a.partitions_per_group < 1:
+    raise ConfigError("algo.partitions_per_group", f"must be an integer >= 1, got {a.partitions_per_group!r}")
+  if a.wire == "int8_psum":
+    if a.scheme not in INT8_SCHEMES:
+      raise ConfigError("algo.wire", f"int8_psum sums ±1 votes; it is for {', '.join(INT8_SCHEMES)}, "
+                        f"not {a.scheme} (real-valued or scaled payloads): use wire=packed")
+    if a.scheme in BOUND_SCHEMES and bound == "linf":
+      raise ConfigError("algo.wire", "int8_psum needs one common scale: use a constant --config.algo.bound "
+                        "(a number), not 'linf', or wire=packed")
+  if config.optimizer != "sgd":
+    raise ConfigError("optimizer", f"sign1bit schemes apply plain SGD w -= lr * ghat (momentum or Adam after "
+                      f"the decoder changes the method); use --config.optimizer=sgd, got {config.optimizer!r}")
+  if a.scheme in GC_SCHEMES:
+    d = a.redundancy
+    if a.allocation == "frc" and w % d:
+      raise ConfigError("algo.redundancy", f"frc needs d to divide the {w} devices; allowed: "
+                        f"{[k for k in range(1, w + 1) if w % k == 0]}")
+    if a.allocation == "cyclic" and d > w:
+      raise ConfigError("algo.redundancy", f"cyclic needs 1 <= d <= {w} devices, got {d}")
+    if a.allocation == "bibd" and not (d == w - 1 and w > 1) and not (w == 7 and d == 3):
+      raise ConfigError("num_devices" if d == 3 else "algo.redundancy",
+                        f"bibd designs: the Fano plane needs 7 devices and redundancy 3 "
+                        f"(--config.num_devices=7 --config.algo.redundancy=3), the complement design "
+                        f"redundancy = devices - 1 = {w - 1}; got {w} devices, redundancy {d}")
+    if a.allocation != "frc" and a.partitions_per_group != 1:
+      raise ConfigError("algo.partitions_per_group", f"is for allocation=frc only (got {a.allocation})")
+  try:
+    alloc = make_allocation(config, w)
+  except ValueError as e:
+    raise ConfigError("algo.allocation", str(e)) from None
+  if dataset is not None and alloc.num_partitions > dataset.num_train:
+    raise ConfigError("algo.partitions_per_group", f"N = {alloc.num_partitions} partitions for only "
+                      f"{dataset.num_train} training rows")
+
+
+# ----------------------------------------------------------------------------- data layout
+
+
+def partition_sizes(num_rows: int, num_partitions: int) -> list[int]:
+  """n_k of ``np.array_split`` (they do not depend on the row order)."""
+  return [len(b) for b in np.array_split(np.arange(num_rows), num_partitions)]
+
+
+def partitions(config, labels: np.ndarray, num_partitions: int) -> list[np.ndarray]:
+  """Train-row indices of the N partitions: label-sorted (stable) or a seeded permutation."""
+  n = len(labels)
+  if config.algo.partitions == "sorted":
+    order = np.argsort(np.asarray(labels), kind="stable")
+  else:
+    order = np.random.default_rng([config.seed, 0x5161]).permutation(n)
+  return np.array_split(order, num_partitions)
+
+
+def partition_rows(config, num_rows: int, num_devices: int) -> list[np.ndarray]:
+  """Rows each device holds: its partitions S_i, concatenated in ``alloc.index`` order.
+
+  The labels for ``partitions="sorted"`` come from reloading the config's dataset (the harness's
+  own deterministic split, ``common.train.load_dataset``).
+  """
+  alloc = make_allocation(config, num_devices)
+  if config.algo.partitions == "sorted":
+    from common.train import load_dataset   # lazy: common.train imports the adapter registry
+    labels = load_dataset(config).y_train
+    if len(labels) != num_rows:
+      raise ValueError(f"partition_rows: config.dataset has {len(labels)} training rows, the harness "
+                       f"passed num_rows={num_rows}; label-sorted partitions need the config's dataset")
+  else:
+    labels = np.zeros(num_rows, np.int32)
+  return sign1bit.worker_rows(alloc, partitions(config, labels, alloc.num_partitions))
+
+
+def row_weights(alloc: sign1bit.Allocation, num_rows: int, dtype=np.float32) -> np.ndarray:
+  """[W, rows]: 1/n_k on device i's rows of partition k (in ``partition_rows`` order), 0 on padding."""
+  sizes = partition_sizes(num_rows, alloc.num_partitions)
+  per_device = [np.concatenate([np.full(sizes[k], 1.0 / sizes[k]) for k in idx]) for idx in alloc.index]
+  rows = max(len(r) for r in per_device)
+  out = np.zeros((alloc.num_workers, rows), dtype)
+  for i, r in enumerate(per_device):
+    out[i, :len(r)] = r
+  return out
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def payload_scheme(config) -> str:
+  """The ``sign1bit.payload_bytes`` scheme name of what one reporting worker sends."""
+  a = config.algo
+  if a.scheme in ("sgc", "ignore_stragglers"):
+    return "fp32"
+  if a.scheme == "ef_signsgd":
+    return "one_bit_scale"
+  if a.wire == "int8_psum":
+    return "int8_psum"
+  if a.scheme in BOUND_SCHEMES and parse_bound(a.bound) == "linf":
+    return "one_bit_scale"
+  return "one_bit"
+
+
+def make_transform(config, alloc: sign1bit.Allocation, axis_name: str | None) -> optax.GradientTransformation:
+  """The sign1bit transformation of ``config`` (learning rate included)."""
+  a = config.algo
+  lr, p = config.lr, float(a.straggler_prob)
+  common = dict(axis_name=axis_name, seed=config.seed)
+  w = alloc.num_workers
+  if a.scheme == "one_bit_gc":
+    return sign1bit.one_bit_gc(lr, alloc, p, parse_bound(a.bound), wire=a.wire, **common)
+  if a.scheme == "sgc":
+    return sign1bit.sgc(lr, alloc, p, **common)
+  if a.scheme == "ignore_stragglers":
+    return sign1bit.ignore_stragglers(lr, p, quantize=False, num_workers=w, **common)
+  if a.scheme == "ignore_stragglers_1bit":
+    return sign1bit.ignore_stragglers(lr, p, quantize=True, bound=parse_bound(a.bound), num_workers=w,
+                                      wire=a.wire, **common)
+  if a.scheme == "signsgd_majority":
+    return sign1bit.signsgd_majority(lr, p, num_workers=w, wire=a.wire, **common)
+  return sign1bit.ef_signsgd(lr, p, num_workers=w, **common)
+
+
+def _is_key(x) -> bool:
+  return jnp.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key)
+
+
+def build(config, ctx: BuildContext) -> Method:
+  a = config.algo
+  axis = ctx.axis_name
+  alloc = make_allocation(config, ctx.num_devices)
+  tx = make_transform(config, alloc, axis)
+  model = ctx.model
+  dtype = jax.tree.leaves(ctx.params)[0].dtype
+  weights = row_weights(alloc, ctx.dataset.num_train, dtype)
+  ell, n_parts, d = alloc.load, alloc.num_partitions, alloc.redundancy
+  l2 = float(a.l2)
+  num_params = param_count(ctx.params)
+  bits_per_worker = sign1bit.payload_bits(num_params, payload_scheme(config))
+  constant_bound = a.scheme in BOUND_SCHEMES and parse_bound(a.bound) != "linf"
+
+  template = tx.init(ctx.params)
+  key_marks = jax.tree.map(_is_key, template)
+  key_impls = [jax.random.key_impl(x) for x in jax.tree.leaves(template) if _is_key(x)]
+  worker_marks = sign1bit.worker_leaves(template)
+
+  def on_marked(fn, tree, marks):
+    return jax.tree.map(lambda leaf, m: fn(leaf) if m else leaf, tree, marks)
+
+  def store_keys(state):
+    return on_marked(jax.random.key_data, state, key_marks)
+
+  def load_keys(state):
+    impl = iter(key_impls)
+    return on_marked(lambda x: jax.random.wrap_key_data(x, impl=next(impl)), state, key_marks)
+
+  # The compiled step re-feeds its own state, so its dtypes must not drift. With x64,
+  # sign1bit's `jnp.sum(active.astype(int32))` is int64 and would promote the int32 counters.
+  state_dtypes = [x.dtype for x in jax.tree.leaves(store_keys(template))]
+
+  def init_state(params, key):
+    del key
+    state = store_keys(tx.init(params))
+    state = on_marked(lambda x: np.broadcast_to(np.asarray(x), (ctx.num_devices,) + np.shape(x)).copy(),
+                      jax.device_get(state), worker_marks)
+    return state
+
+  def state_specs(state):
+    return jax.tree.map(lambda m: jax.P(axis) if m else jax.P(), sign1bit.worker_leaves(state))
+
+  def local_objective(p, x, y, wts):
+    """Σ_{k∈S_i} f_k on this device's rows."""
+    data_term = jnp.sum(wts * model.per_example_loss(p, x, y))
+    return data_term + ell * 0.5 * l2 * sum(jnp.sum(jnp.square(v)) for v in jax.tree.leaves(p))
+
+  def local_step(params, opt_state, shard, key):
+    del key  # the scheme's randomness is its own key + count in opt_state
+    wts = jnp.asarray(weights)[lax.axis_index(axis)]
+    value, grads = jax.value_and_grad(local_objective)(lax.pcast(params, axis, to="varying"),
+                                                       shard.x, shard.y, wts)
+    state = load_keys(on_marked(lambda x: x[0], opt_state, worker_marks))
+    before = sign1bit.diagnostics(state)
+    updates, state = tx.update(grads, state, params)
+    after = sign1bit.diagnostics(state)
+    params = optax.apply_updates(params, updates)
+    stats = [value]
+    if constant_bound:
+      stats.append((after["clip_count"] - before["clip_count"]).astype(value.dtype))
+    stats = lax.psum(jnp.stack(stats), axis)
+    active = after["last_active"]
+    metrics = {"loss": stats[0] / (n_parts * d),
+               "active": active.astype(jnp.float32),
+               "uplink_bits": bits_per_worker * after["active_total"].astype(jnp.float32)}
+    if constant_bound:
+      metrics["clipped"] = stats[1] / (num_params * jnp.maximum(active, 1).astype(stats.dtype))
+    state = store_keys(state)
+    state = jax.tree.unflatten(jax.tree.structure(state),
+                               [x.astype(t) for x, t in zip(jax.tree.leaves(state), state_dtypes)])
+    state = on_marked(lambda x: x[None], state, worker_marks)
+    return params, state, metrics
+
+  scalar_bytes = np.dtype(dtype).itemsize * (2 if constant_bound else 1)
+  payload = sign1bit.payload_bytes(num_params, payload_scheme(config)) + scalar_bytes
+  forced = "" if a.scheme in GC_SCHEMES else " (d = 1 baseline: frc, N = W)"
+  bound = f", B={a.bound}" if a.scheme in BOUND_SCHEMES else ""
+  wire = f", {a.wire} wire" if a.scheme in INT8_SCHEMES else ""
+  describe = (f"{a.scheme}: {alloc.kind} W={alloc.num_workers} N={n_parts} d={d} l={ell}{forced}, "
+              f"p={a.straggler_prob}{bound}{wire}, {a.partitions} partitions, l2={a.l2}; full-partition "
+              f"gradients, SGD lr={config.lr}; {bits_per_worker} uplink bits per reporting worker")
+  return Method(init_state=init_state, local_step=local_step, state_specs=state_specs,
+                analytic_payload=payload, describe=describe)
