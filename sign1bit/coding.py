@@ -28,6 +28,7 @@ Stragglers take part in the collective physically (SPMD); their rows are zeroed 
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any, NamedTuple
 
 import jax
@@ -107,7 +108,7 @@ def _check_straggling(straggler_prob, straggler_model, num_stragglers, num_worke
   if straggler_model not in STRAGGLER_MODELS:
     raise ValueError(f"straggler_model {straggler_model!r} unknown; allowed: {', '.join(STRAGGLER_MODELS)}")
   if straggler_model == "bernoulli":
-    if not (isinstance(straggler_prob, (int, float)) and 0.0 <= straggler_prob < 1.0):
+    if not (isinstance(straggler_prob, numbers.Real) and 0.0 <= straggler_prob < 1.0):
       raise ValueError(f"straggler_prob must be a number in [0, 1), got {straggler_prob!r} "
                        "(p = 1 means nobody ever reports)")
     if num_stragglers is not None:
@@ -115,7 +116,7 @@ def _check_straggling(straggler_prob, straggler_model, num_stragglers, num_worke
     return float(straggler_prob), None
   if num_workers is None:
     raise ValueError("straggler_model='fixed' needs the number of workers: pass num_workers=W")
-  if not (isinstance(num_stragglers, int) and 0 <= num_stragglers < num_workers):
+  if not (isinstance(num_stragglers, numbers.Integral) and 0 <= num_stragglers < num_workers):
     raise ValueError(f"straggler_model='fixed' needs an integer num_stragglers in [0, W={num_workers}), "
                      f"got {num_stragglers!r}")
   return num_stragglers / num_workers, num_stragglers
@@ -126,7 +127,7 @@ def _check_bound(bound, required: bool):
     return None
   if bound == "linf":
     return "linf"
-  if isinstance(bound, str) or not isinstance(bound, (int, float)) or not bound > 0:
+  if isinstance(bound, str) or not isinstance(bound, numbers.Real) or not bound > 0:
     raise ValueError(f"bound must be a number > 0 or 'linf', got {bound!r}")
   return float(bound)
 
@@ -191,7 +192,7 @@ def encode(scheme: Scheme, grad: jax.Array, key: jax.Array, error: jax.Array | N
     bits = stochastic_sign(c, key, jnp.where(scale > 0, scale, 1.0))
     return _Message(bits, None, scale, zero, None)
   bits = stochastic_sign(c, key, scheme.bound)
-  return _Message(bits, None, None, jnp.sum(jnp.abs(c) > scheme.bound).astype(jnp.int32), None)
+  return _Message(bits, None, None, jnp.sum(jnp.abs(c) > scheme.bound, dtype=jnp.int32), None)
 
 
 def decode(scheme: Scheme, active: jax.Array, received: jax.Array | None = None,
@@ -269,7 +270,7 @@ def _transformation(scheme: Scheme) -> optax.GradientTransformation:
     msg = encode(scheme, flat, worker_key(step_key, me), error)
     received, scales, vote_sum = _exchange(scheme, msg, mine, flat.shape[0])
     ghat = decode(scheme, active, received, scales, vote_sum)
-    n_active = jnp.sum(active.astype(jnp.int32))
+    n_active = jnp.sum(active, dtype=jnp.int32)     # int32 under x64 too
     common = dict(count=optax.safe_increment(state.count), key=state.key,
                   active_total=state.active_total + n_active, last_active=n_active)
     if with_error:

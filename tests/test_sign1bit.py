@@ -473,3 +473,13 @@ def test_bf16_params_are_quantized_in_f32_and_diagnostics_are_found_in_a_chain()
   ef = sign1bit.ef_signsgd(0.1, 0.0, axis_name=None)
   _, state = ef.update(params, ef.init(params))
   assert state[0].error["w"].dtype == jnp.float32
+
+
+def test_counters_stay_int32_under_x64_and_numpy_scalars_are_accepted():
+  with jax.enable_x64(True):
+    tx = sign1bit.scale_by_one_bit_gc(sign1bit.allocation("frc", 1, 1), np.float32(0.0), np.float64(1.0),
+                                      axis_name=None)
+    state = tx.init(jnp.zeros(3))
+    _, new = tx.update(jnp.ones(3), state)
+    assert [x.dtype for x in jax.tree.leaves(new)[2:]] == [jnp.int32] * 3
+    assert new.count.dtype == state.count.dtype == jnp.int32
