@@ -50,7 +50,8 @@ class OneBitGCState(NamedTuple):
 
   Attributes:
     count: steps taken (int32); the step key is ``fold_in(key, count)``.
-    key: typed PRNG key (replicated).
+    key: raw PRNG key data, uint32 (replicated; ``jax.random.key_data`` of ``key(seed)``, so the
+      state is a plain array tree that any harness can place, checkpoint and donate).
     active_total: Σ_t |R_t| (int32, replicated); uplink bits = bits per worker × active_total.
     last_active: |R_t| of the last step.
     clip_count: coordinates this worker clipped (|c| > B) so far, counted on steps it reported
@@ -243,7 +244,7 @@ def _exchange(scheme: Scheme, msg: _Message, mine: jax.Array, num_params: int):
 
 def _init(scheme: Scheme, params, with_error: bool):
   zero = jnp.zeros([], jnp.int32)
-  key = jax.random.key(scheme.seed)
+  key = jax.random.key_data(jax.random.key(scheme.seed))
   if with_error:
     return EFSignSGDState(zero, key, zero, zero,                      # error kept in f32
                           jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params))
@@ -262,7 +263,7 @@ def _transformation(scheme: Scheme) -> optax.GradientTransformation:
     flat, unravel = ravel_pytree(updates)
     dtype = flat.dtype
     flat = flat.astype(jnp.float32)
-    step_key = jax.random.fold_in(state.key, state.count)
+    step_key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.count)
     active = active_mask(scheme, step_key, w)
     me = 0 if scheme.axis_name is None else lax.axis_index(scheme.axis_name)
     mine = active[me]

@@ -243,7 +243,7 @@ def test_ef_keeps_per_worker_error_state():
   kernel = np.asarray(state[0].error["params"]["Dense_0"]["kernel"])
   assert np.abs(kernel).max() > 0
   assert not np.allclose(kernel[0], kernel[2])                         # workers 0 and 2 hold different data
-  assert state[0].key.dtype == np.uint32                               # typed key stored as key data
+  assert state[0].key.dtype == np.uint32                               # raw key data, placeable
   assert result.history[-1]["loss"] < result.history[0]["loss"]
 
 

@@ -255,10 +255,6 @@ def make_transform(config, alloc: sign1bit.Allocation, axis_name: str | None) ->
   return sign1bit.ef_signsgd(lr, p, num_workers=w, **common)
 
 
-def _is_key(x) -> bool:
-  return jnp.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key)
-
-
 def build(config, ctx: BuildContext) -> Method:
   a = config.algo
   axis = ctx.axis_name
@@ -273,31 +269,15 @@ def build(config, ctx: BuildContext) -> Method:
   bits_per_worker = sign1bit.payload_bits(num_params, payload_scheme(config))
   constant_bound = a.scheme in BOUND_SCHEMES and parse_bound(a.bound) != "linf"
 
-  template = tx.init(ctx.params)
-  key_marks = jax.tree.map(_is_key, template)
-  key_impls = [jax.random.key_impl(x) for x in jax.tree.leaves(template) if _is_key(x)]
-  worker_marks = sign1bit.worker_leaves(template)
+  worker_marks = sign1bit.worker_leaves(tx.init(ctx.params))
 
   def on_marked(fn, tree, marks):
     return jax.tree.map(lambda leaf, m: fn(leaf) if m else leaf, tree, marks)
 
-  def store_keys(state):
-    return on_marked(jax.random.key_data, state, key_marks)
-
-  def load_keys(state):
-    impl = iter(key_impls)
-    return on_marked(lambda x: jax.random.wrap_key_data(x, impl=next(impl)), state, key_marks)
-
-  # The compiled step re-feeds its own state, so its dtypes must not drift. With x64,
-  # sign1bit's `jnp.sum(active.astype(int32))` is int64 and would promote the int32 counters.
-  state_dtypes = [x.dtype for x in jax.tree.leaves(store_keys(template))]
-
   def init_state(params, key):
     del key
-    state = store_keys(tx.init(params))
-    state = on_marked(lambda x: np.broadcast_to(np.asarray(x), (ctx.num_devices,) + np.shape(x)).copy(),
-                      jax.device_get(state), worker_marks)
-    return state
+    return on_marked(lambda x: np.broadcast_to(np.asarray(x), (ctx.num_devices,) + np.shape(x)).copy(),
+                     jax.device_get(tx.init(params)), worker_marks)
 
   def state_specs(state):
     return jax.tree.map(lambda m: jax.P(axis) if m else jax.P(), sign1bit.worker_leaves(state))
@@ -312,7 +292,7 @@ def build(config, ctx: BuildContext) -> Method:
     wts = jnp.asarray(weights)[lax.axis_index(axis)]
     value, grads = jax.value_and_grad(local_objective)(lax.pcast(params, axis, to="varying"),
                                                        shard.x, shard.y, wts)
-    state = load_keys(on_marked(lambda x: x[0], opt_state, worker_marks))
+    state = on_marked(lambda x: x[0], opt_state, worker_marks)
     before = sign1bit.diagnostics(state)
     updates, state = tx.update(grads, state, params)
     after = sign1bit.diagnostics(state)
@@ -327,9 +307,6 @@ def build(config, ctx: BuildContext) -> Method:
                "uplink_bits": bits_per_worker * after["active_total"].astype(jnp.float32)}
     if constant_bound:
       metrics["clipped"] = stats[1] / (num_params * jnp.maximum(active, 1).astype(stats.dtype))
-    state = store_keys(state)
-    state = jax.tree.unflatten(jax.tree.structure(state),
-                               [x.astype(t) for x, t in zip(jax.tree.leaves(state), state_dtypes)])
     state = on_marked(lambda x: x[None], state, worker_marks)
     return params, state, metrics
 
