@@ -48,3 +48,14 @@ def base_config(algorithm: str = "dense") -> ml_collections.ConfigDict:
   c.checkpoint_every = 500     # 0 disables checkpoints
   c.algo = algos.get(algorithm).default_config()
   return c
+
+
+def override(config: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
+  """Sets dotted fields as ``--config.<field>=...`` would, e.g. ``override(c, **{"algo.bound": "linf"})``."""
+  for key, value in fields.items():
+    target = config
+    *path, last = key.split(".")
+    for part in path:
+      target = target[part]
+    target[last] = value
+  return config

@@ -6,18 +6,13 @@ import pytest
 from common import train
 from common.comm import dense_allreduce_present
 from common.errors import ConfigError
+from configs.common import override
 
 
 def _config(name, arg=None, **overrides):
   config = importlib.import_module(f"configs.{name}").get_config(arg)
   config.num_steps, config.eval_every, config.log_every = 60, 0, 60
-  for key, value in overrides.items():
-    target = config
-    *path, last = key.split(".")
-    for p in path:
-      target = target[p]
-    target[last] = value
-  return config
+  return override(config, **overrides)
 
 
 @pytest.mark.parametrize("name,arg", [("dho2_mlp", "8"), ("dho_mlp_digits", "hb"), ("dho2_v2", None)])

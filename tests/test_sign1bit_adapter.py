@@ -12,6 +12,7 @@ from common import comm, train
 from common.algos import sign1bit as adapter
 from common.errors import ConfigError
 from configs import sign1bit_digits
+from configs.common import override
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,13 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _config(arg=None, **overrides):
   config = sign1bit_digits.get_config(arg)
   config.num_steps, config.eval_every, config.log_every = 5, 0, 10 ** 6
-  for key, value in overrides.items():
-    target = config
-    *path, last = key.split(".")
-    for p in path:
-      target = target[p]
-    target[last] = value
-  return config
+  return override(config, **overrides)
 
 
 # ----------------------------------------------------------------------------- configuration
