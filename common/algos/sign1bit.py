@@ -17,8 +17,7 @@ build time. The scheme's decoder turns these into ĝ with E[ĝ] = ∇F (GC schem
 plain SGD w ← w − ``config.lr`` · ĝ (``config.optimizer`` must be ``sgd``).
 
 Randomness. Stragglers and quantizer noise come from the scheme's own key (``config.seed``) in
-the optimizer state and its step counter; the harness's step key is unused. The typed key is
-stored in the harness state as key data (uint32) and re-wrapped inside the step.
+the optimizer state (raw key data) and its step counter; the harness's step key is unused.
 
 Metrics (replicated scalars):
   * ``loss``: the exact objective F at the step's (pre-update) params, from one scalar psum of
