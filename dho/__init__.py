@@ -1,7 +1,8 @@
 """dho: FOSI and DHO2 (distributed hybrid-order optimisation) as optax transformations.
 
 Public API: ``fosi`` and the presets ``fosi_adam``, ``fosi_momentum``, ``fosi_nesterov``,
-``fosi_sgd``; ``dho2`` (coordinate-sharded curvature, MR delay, ADMM period rule);
+``fosi_sgd``; ``dho2`` (coordinate-sharded curvature, MR delay, ADMM period rule
+``admm="reference"`` and consensus ADMM ``admm="consensus"``);
 ``lanczos``, ``extreme_eigenpairs``, ``hvp`` (usable on their own); ``state_specs``,
 ``sharded_leaves``, ``payload_bytes``, ``basis_bytes``; ``paper_presets``.
 Imports only jax, optax, numpy.

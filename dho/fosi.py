@@ -23,6 +23,11 @@ The curvature batch is the optax extra argument ``batch`` of the same call, so t
 data. ``lax.cond`` was chosen over a separate refresh program so the transformation is a plain
 optax transformation usable in any loop; the cost is that the measured bytes of the compiled step
 count the refresh branch (the dearest) and that XLA keeps both branches' buffers.
+
+``dho2(admm="consensus")`` (spec 4 [I] (b), our extension) is a separate path: each replica keeps
+its own iterate and dual in the state and takes local FOSI steps on its augmented local objective
+without gradient reduction; params move only at the consensus all-reduce that ends each period
+(a second ``lax.cond``). See ``dho2``.
 """
 from __future__ import annotations
 
@@ -38,7 +43,7 @@ from jax.flatten_util import ravel_pytree
 from dho.lanczos import Layout, extreme_eigenpairs, lanczos, lanczos_dtype
 
 MOMENTUM = ("heavy_ball", "ema", "nesterov", "none")
-ADMM = (None, "reference")
+ADMM = (None, "reference", "consensus")
 _NEVER = np.iinfo(np.int32).max
 
 
@@ -80,6 +85,12 @@ class Dho2State(NamedTuple):
     admm_anchor: (s,) the period's anchor ``a``, or None.
     pending: ``Pairs`` computed but not yet active (``curvature_delay > 0``), or None.
     pending_at: call index from which ``pending`` becomes active (int32 max: none), or None.
+    admm_x: (n,) ``admm="consensus"`` only: this replica's local iterate ``x_p`` (per device),
+      else None. At a period start it is reset to the (replicated) params ``z``.
+    admm_dual: (n,) ``admm="consensus"`` only: this replica's dual ``pi_p`` (per device), else None.
+
+  In consensus mode ``fosi.velocity`` (n,) and ``fosi.base_state`` (on n) are per-replica and
+  ``fosi.eigvecs`` holds the full (r, n) eigenvectors, identical on every device (see ``dho2``).
   """
   count: jax.Array
   fosi: FosiState
@@ -87,6 +98,8 @@ class Dho2State(NamedTuple):
   admm_anchor: Any = None
   pending: Any = None
   pending_at: Any = None
+  admm_x: Any = None
+  admm_dual: Any = None
 
 
 def _check_int(name, value, lo):
@@ -108,6 +121,23 @@ def _match_vma(new, like):
   return jax.tree.map(one, new, like)
 
 
+def _check_rho(admm, admm_rho):
+  """``admm_rho`` (the consensus penalty): required finite > 0 for ``admm="consensus"``, else None."""
+  if admm != "consensus":
+    if admm_rho is not None:
+      raise ValueError(f"admm_rho is the penalty of admm='consensus' only (admm={admm!r}); "
+                       "the reference rule uses admm_sigma")
+    return None
+  if admm_rho is None:
+    raise ValueError("admm='consensus' needs admm_rho > 0 (the ADMM penalty; no default: it sets how "
+                     "strongly the local steps are tied to the consensus point, on the loss's curvature scale)")
+  if isinstance(admm_rho, bool) or not isinstance(admm_rho, (int, float, np.integer, np.floating)):
+    raise ValueError(f"admm_rho must be a real number > 0, got {admm_rho!r}")
+  if not (np.isfinite(admm_rho) and admm_rho > 0):
+    raise ValueError(f"admm_rho must be a finite number > 0, got {admm_rho!r}")
+  return float(admm_rho)
+
+
 def _momentum(rule: str, beta):
   if rule == "ema":
     return lambda g1, vel: (1.0 - beta) * g1 + beta * vel
@@ -120,7 +150,7 @@ def _momentum(rule: str, beta):
 
 def _build(base: optax.GradientTransformation, loss_fn: Callable, *, k, l, m, refresh_every, warmup,
            alpha, scale_clip, momentum, decay, seed, eig_floor, eig_shift, axis_name, num_shards,
-           dho2_state, admm=None, admm_period=None, admm_sigma=5e-9, curvature_delay=0,
+           dho2_state, admm=None, admm_period=None, admm_sigma=5e-9, admm_rho=None, curvature_delay=0,
            lanczos_dtype_=None) -> optax.GradientTransformationExtraArgs:
   if not isinstance(base, optax.GradientTransformation):
     raise ValueError(f"base must be an optax.GradientTransformation, got {type(base).__name__}")
@@ -149,9 +179,13 @@ def _build(base: optax.GradientTransformation, loss_fn: Callable, *, k, l, m, re
     raise ValueError(f"admm must be one of {ADMM}, got {admm!r}")
   if admm is not None:
     admm_period = _check_int("admm_period", admm_period, 1)
+  admm_rho = _check_rho(admm, admm_rho)
   curvature_delay = _check_int("curvature_delay", curvature_delay, 0)
   if curvature_delay >= refresh_every:
     raise ValueError(f"curvature_delay ({curvature_delay}) must be < refresh_every ({refresh_every})")
+  if admm == "consensus" and curvature_delay:
+    raise ValueError("admm='consensus' does not support curvature_delay > 0")
+  consensus = admm == "consensus"
   sharded = axis_name is not None and dho2_state
   vel_rule = _momentum(momentum, decay)
 
@@ -166,6 +200,8 @@ def _build(base: optax.GradientTransformation, loss_fn: Callable, *, k, l, m, re
     n = flat.shape[0]
     if r > n:
       raise ValueError(f"k + l = {r} exceeds the number of parameters n = {n}")
+    if consensus:
+      return consensus_init(flat)
     s = local_size(n)
     dt = flat.dtype
     fs = FosiState(
@@ -186,8 +222,10 @@ def _build(base: optax.GradientTransformation, loss_fn: Callable, *, k, l, m, re
       disp, anchor = jnp.zeros((s,), dt), jnp.zeros((s,), dt)
     return Dho2State(fs.count, fs, disp, anchor, pending, pending_at)
 
-  def refresh(params, batch, n, dt):
-    """Lanczos ESE at ``params`` on ``batch`` -> new ``Pairs`` ([F] Alg. 1, Eq. (3))."""
+  def refresh(params, batch, n, dt, shift=eig_shift):
+    """Lanczos ESE at ``params`` on ``batch`` -> new ``Pairs`` ([F] Alg. 1, Eq. (3)).
+
+    ``shift`` is added to the Ritz values for ``1/|lambda + shift|`` and ``c`` (default eig_shift)."""
     layout = layout_for(n)
     _, unravel = ravel_pytree(params)
     p_var = params if axis_name is None else lax.pcast(params, axis_name, to="varying")
@@ -204,7 +242,7 @@ def _build(base: optax.GradientTransformation, loss_fn: Callable, *, k, l, m, re
     vals, vecs, ok = extreme_eigenpairs(res.tridiag, res.basis, k, l, res.valid_len)
     if not (isinstance(eig_floor, (int, float)) and eig_floor == 0):
       ok = ok & (jnp.abs(vals) >= eig_floor * jnp.max(jnp.abs(vals)))
-    absval = jnp.abs(vals + eig_shift)
+    absval = jnp.abs(vals + shift)
     inv = jnp.where(ok & (absval > 0), 1.0 / jnp.where(absval > 0, absval, 1.0), 0.0)
     if k > 0:
       lam_max, lam_k = absval[-1], absval[l]
@@ -219,6 +257,8 @@ def _build(base: optax.GradientTransformation, loss_fn: Callable, *, k, l, m, re
     del extra_args
     if params is None:
       raise ValueError("fosi/dho2 update needs params (the HVP and the base step use them)")
+    if consensus:
+      return consensus_update(state, params, batch)
     if r > 0 and batch is None:
       raise ValueError("fosi/dho2 update needs the curvature batch: update(g, state, params, batch=...)")
     fs = state.fosi if dho2_state else state
@@ -280,6 +320,70 @@ def _build(base: optax.GradientTransformation, loss_fn: Callable, *, k, l, m, re
       return new_updates, Dho2State(new_count, new_fs, disp, anchor, pending, pending_at)
     return new_updates, new_fs
 
+  # ---- admm="consensus" ([P2] as read in spec 4 [I] (b)) -------------------------------------------
+  def consensus_init(flat):
+    n, dt = flat.shape[0], flat.dtype
+    fs = FosiState(
+        count=jnp.zeros([], jnp.int32),
+        base_state=base.init(flat),             # per replica, full n (local steps diverge)
+        velocity=jnp.zeros((n,), dt),           # per replica
+        eigvecs=jnp.zeros((r, n), dt),          # full rows, identical on every device
+        inv_abs_eig=jnp.zeros((r,), dt),
+        eigvals=jnp.zeros((r,), dt),
+        scale=jnp.ones([], dt))
+    return Dho2State(fs.count, fs, admm_x=flat, admm_dual=jnp.zeros((n,), dt))
+
+  def consensus_update(state, params, batch):
+    """One local FOSI step of this replica; consensus at the end of each ``admm_period`` calls.
+
+    ``z`` = params (replicated, moved only at consensus points); ``x_p``, ``pi_p`` per device.
+    Local objective ``f_p(x) + pi_p^T x + (rho/2)||x - z||^2``; its gradient is taken at ``x_p``
+    (a device-varying value, so no all-reduce). The incoming gradient (taken at ``z``) is unused.
+    """
+    if batch is None:
+      raise ValueError("dho2(admm='consensus') update needs the batch (local gradients are taken at "
+                       "each replica's own iterate): update(g, state, params, batch=...)")
+    fs, count = state.fosi, state.count
+    flat_p, unravel = ravel_pytree(params)
+    n, dt = flat_p.shape[0], flat_p.dtype
+    layout = layout_for(n)
+    pairs = Pairs(fs.eigvecs, fs.inv_abs_eig, fs.eigvals, fs.scale)
+    if r > 0:   # curvature of the mean loss at z, sharded Lanczos; shifted by rho (the penalty's Hessian)
+      due = (count + 1 >= warmup) & ((count + 1 - warmup) % refresh_every == 0)
+
+      def fresh():
+        new = refresh(params, batch, n, dt, shift=eig_shift + admm_rho)
+        vecs = new.eigvecs
+        if layout.sharded:   # slices (r, s) -> full rows (r, n) on every device: r*n floats gathered
+          vecs = lax.all_gather(vecs, axis_name, axis=1, tiled=True, to="invarying")[:, :n]
+        return _match_vma(new._replace(eigvecs=vecs), pairs)
+      pairs = lax.cond(due, fresh, lambda: pairs)
+
+    z = flat_p
+    x = jnp.where(count % admm_period == 0, z, state.admm_x)     # period start: x_p <- z
+    dual = state.admm_dual
+    grad_x = ravel_pytree(jax.grad(loss_fn)(unravel(x), batch))[0].astype(dt)
+    g = grad_x + dual + admm_rho * (x - z)
+    u_mat = pairs.eigvecs
+    proj = lambda v: u_mat @ v                     # full rows: no collective
+    g1 = proj(g) @ u_mat
+    velocity = vel_rule(g1, fs.velocity)
+    newton = (pairs.inv_abs_eig * proj(velocity)) @ u_mat
+    d, base_state = base.update(g - g1, fs.base_state, x)
+    d = d - proj(d) @ u_mat
+    x = x + (pairs.scale * d - alpha * newton).astype(dt)
+
+    def sync():   # z = pmean(x_p + pi_p / rho); pi_p += rho (x_p - z); x_p <- z (one n-float all-reduce)
+      w = x + dual / admm_rho
+      z_new = w if axis_name is None else lax.pmean(w, axis_name)
+      return z_new - z, dual + admm_rho * (x - z_new), z_new
+
+    keep = (jnp.zeros_like(z), dual, x)
+    u, dual, x = lax.cond((count + 1) % admm_period == 0, lambda: _match_vma(sync(), keep), lambda: keep)
+    new_count = optax.safe_increment(count)
+    new_fs = FosiState(new_count, base_state, velocity, *pairs)
+    return unravel(u), Dho2State(new_count, new_fs, admm_x=x, admm_dual=dual)
+
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
@@ -337,7 +441,7 @@ def dho2(base: optax.GradientTransformation, loss_fn: Callable, *, num_shards: i
          mesh=None, axis_name="data", k: int = 16, l: int = 0, m: int | None = None, refresh_every: int = 100,
          warmup: int = 1, alpha=0.1, scale_clip=3.0, momentum: str = "ema", decay=0.9, seed: int = 0,
          eig_floor=0.0, eig_shift=0.0, admm: str | None = None, admm_period: int | None = None,
-         admm_sigma=5e-9, curvature_delay: int = 0, lanczos_dtype=None):
+         admm_sigma=5e-9, admm_rho=None, curvature_delay: int = 0, lanczos_dtype=None):
   """DHO2 ([P1], [P2]): FOSI with the curvature sharded by parameter coordinate over ``axis_name``.
 
   Device p of the ``num_shards``-device axis owns coordinates ``[p*s, (p+1)*s)`` of the flattened
@@ -351,9 +455,27 @@ def dho2(base: optax.GradientTransformation, loss_fn: Callable, *, num_shards: i
     warmup: W; the first refresh is at 0-based call W-1 (default 1: at the first call, as [C2]).
     num_shards: P, the size of ``axis_name`` (state shapes depend on it; 1 with ``axis_name=None``).
     mesh: alternatively, the mesh: ``num_shards = mesh.shape[axis_name]``.
-    admm: None or ``"reference"``: the released v2 code's period rule ([P2]): every
-      ``admm_period`` calls ``a <- x`` at the period start, ``g_hat = g + sigma * sum(delta)`` every
-      step, at the period end ``x <- x_end + sum_j delta_j``.
+    admm: None, ``"reference"`` or ``"consensus"``.
+      ``"reference"``: the released v2 code's period rule ([P2]): every ``admm_period`` calls
+      ``a <- x`` at the period start, ``g_hat = g + sigma * sum(delta)`` every step, at the period
+      end ``x <- x_end + sum_j delta_j`` (``admm_sigma`` = sigma).
+      ``"consensus"`` (our extension, spec 4 [I] (b)): scaled-form consensus ADMM with inexact local
+      solves. Each replica p keeps its own iterate ``x_p`` and dual ``pi_p`` in the state (per-device
+      leaves) and takes ``admm_period`` = tau local FOSI steps on
+      ``f_p(x) + pi_p^T x + (rho/2)||x - z||^2`` (``f_p``: ``loss_fn`` on its own ``batch``, gradient
+      taken at ``x_p``, no per-step reduction); after the tau-th step ``z = pmean(x_p + pi_p/rho)``,
+      ``pi_p += rho (x_p - z)``, ``x_p <- z`` (one all-reduce of n floats per period). ``z`` is the
+      replicated ``params``: the returned updates are ``z_new - z`` at consensus calls and exactly 0
+      otherwise, so params stay replicated. The gradient passed to ``update`` is ignored. Curvature:
+      refreshed on the usual schedule at ``z`` (= params; every replica's iterate at a period start)
+      by the sharded Lanczos on the mean loss over devices, then the (r, s) eigenvector slices are
+      all-gathered to full (r, n) rows kept on every device (local steps project without
+      communication; eigenvector memory r*n per device, the basis stays m*s). The Newton part uses
+      ``1/|lambda + eig_shift + rho|``, the local objective's Hessian ``H(z) + rho I``, and ``c`` is
+      taken from the same shifted values. Velocity and base-optimizer state are per replica (full n).
+    admm_period: calls per period (tau), an integer >= 1; required when ``admm`` is set.
+    admm_sigma: sigma of ``admm="reference"`` (unused by ``"consensus"``).
+    admm_rho: rho > 0 of ``admm="consensus"`` (required there; an error with any other ``admm``).
     curvature_delay: D; pairs from the snapshot at call t are used from call t+D (MR-DHO2 [P1]).
     Other arguments: see ``fosi``. ``init`` returns the per-device state (``s``-sized slices);
     ``sharded_leaves`` marks which leaves differ per device.
@@ -367,17 +489,24 @@ def dho2(base: optax.GradientTransformation, loss_fn: Callable, *, num_shards: i
   return _build(base, loss_fn, k=k, l=l, m=m, refresh_every=refresh_every, warmup=warmup, alpha=alpha,
                 scale_clip=scale_clip, momentum=momentum, decay=decay, seed=seed, eig_floor=eig_floor,
                 eig_shift=eig_shift, axis_name=axis_name, num_shards=num_shards, dho2_state=True,
-                admm=admm, admm_period=admm_period, admm_sigma=admm_sigma,
+                admm=admm, admm_period=admm_period, admm_sigma=admm_sigma, admm_rho=admm_rho,
                 curvature_delay=curvature_delay, lanczos_dtype_=lanczos_dtype)
 
 
 def sharded_leaves(state) -> Any:
-  """Bool tree: True on ``Dho2State`` leaves partitioned by coordinate (one slice per device)."""
+  """Bool tree: True on ``Dho2State`` leaves that differ per device (one slice or replica each).
+
+  Coordinate-sharded modes: base state, velocity, eigenvector slices, ADMM vectors. Consensus mode
+  (``admm_x`` set): the replica's iterate and dual, velocity and base state; the full eigenvectors,
+  eigenvalues, scale and count are replicated."""
   false = lambda t: jax.tree.map(lambda _: False, t)
   true = lambda t: jax.tree.map(lambda _: True, t)
   if isinstance(state, FosiState):
     return false(state)
   fs = state.fosi
+  if state.admm_x is not None:
+    return Dho2State(count=False, fosi=FosiState(False, true(fs.base_state), True, False, False, False, False),
+                     admm_x=True, admm_dual=True)
   return Dho2State(
       count=False,
       fosi=FosiState(False, true(fs.base_state), True, True, False, False, False),
@@ -394,19 +523,28 @@ def state_specs(state, axis_name="data") -> Any:
 
 def payload_bytes(n: int, *, k: int, l: int = 0, m: int | None = None, num_shards: int = 1,
                   sharded: bool = True, refresh: bool = True, param_bytes: int = 4,
-                  lanczos_bytes: int = 4) -> int:
+                  lanczos_bytes: int = 4, admm: str | None = None, consensus_step: bool = True) -> int:
   """Analytic bytes each device sends per step (``collective_bytes`` payload convention).
 
   Sharded (``dho2``, P > 1): reduce-scatter of the gradient (P*s*pb), all-gather of the update
   slice (s*pb), 3 psums of r numbers (pb); a refresh adds, per Lanczos iteration, the all-gather of
   v (s*pb), the reduce-scatter of Hv (P*s*pb), and psums of 1 + 2m + 1 numbers (lb).
   Replicated basis (``fosi`` with an axis): all-reduce of the gradient (n*pb) and of each HVP.
+  ``admm="consensus"`` (``dho2``): a local step sends nothing; a consensus step (``consensus_step``)
+  all-reduces n floats (n*pb); a refresh adds the Lanczos bytes above plus the all-gather of the
+  eigenvector slices (r*s*pb).
   """
   r = k + l
   m = min(4 * r if m is None else m, n)
   if num_shards == 1:
     return 0
   s = -(-n // num_shards)
+  if admm == "consensus":
+    step = n * param_bytes if consensus_step else 0
+    if refresh and r:
+      step += m * (s * param_bytes + num_shards * s * param_bytes + (2 + 2 * m) * lanczos_bytes)
+      step += r * s * param_bytes
+    return step
   if not sharded:
     return n * param_bytes * (1 + (m if (refresh and r) else 0))
   step = num_shards * s * param_bytes + s * param_bytes + (3 * r * param_bytes if r else 0)

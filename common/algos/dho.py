@@ -7,6 +7,11 @@
 
 The curvature batch is the step's own local minibatch, passed to ``tx.update`` as the optax extra
 argument ``batch``; the base optimizer is ``config.optimizer`` with ``config.lr``.
+
+``algo.admm = "consensus"`` (dho2 only, needs ``algo.admm_rho > 0``): consensus ADMM with
+``admm_period`` local FOSI steps per replica; params (the consensus point) move only at the end of
+each period, the logged loss is the loss at the consensus point, and the step's own gradient (taken
+at the params) is not used (``dho2`` recomputes it at each replica's iterate).
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from common.algos.base import BuildContext, Method, local_gradient_method, param
 from common.errors import ConfigError
 
 VARIANTS = ("dho2", "fosi")
-ADMM = ("none", "reference")
+ADMM = ("none", "reference", "consensus")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -38,9 +43,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.lanczos_seed = 0
   c.eig_floor = 0.0
   c.eig_shift = 0.0
-  c.admm = "none"           # none | reference (dho2 only)
+  c.admm = "none"           # none | reference | consensus (dho2 only)
   c.admm_period = 0         # steps; 0 = refresh_every
-  c.admm_sigma = 5e-9
+  c.admm_sigma = 5e-9       # reference rule's sigma
+  c.admm_rho = 0.0          # consensus penalty rho; 0 = unset (consensus requires rho > 0)
   c.curvature_delay = 0     # MR-DHO2 emulation (dho2 only)
   return c
 
@@ -84,6 +90,14 @@ def validate(config, dataset) -> None:
     raise ConfigError("algo.curvature_delay", f"must be < refresh_every ({a.refresh_every})")
   if not isinstance(a.admm_period, int) or a.admm_period < 0:
     raise ConfigError("algo.admm_period", f"must be an integer >= 0, got {a.admm_period!r}")
+  if not (np.isfinite(a.admm_rho) and a.admm_rho >= 0):
+    raise ConfigError("algo.admm_rho", f"must be a finite number >= 0 (0 = unset), got {a.admm_rho!r}")
+  if a.admm == "consensus":
+    if a.admm_rho <= 0:
+      raise ConfigError("algo.admm", "'consensus' needs algo.admm_rho > 0 (the ADMM penalty; no default, "
+                        "it must match the loss's curvature scale)")
+    if a.curvature_delay:
+      raise ConfigError("algo.curvature_delay", "must be 0 with admm='consensus'")
 
 
 def make_tx(config, ctx: BuildContext):
@@ -100,7 +114,8 @@ def make_tx(config, ctx: BuildContext):
   admm = None if a.admm == "none" else a.admm
   return dho.dho2(base, ctx.loss_fn, num_shards=ctx.num_devices, axis_name=ctx.axis_name, admm=admm,
                   admm_period=(a.admm_period or a.refresh_every) if admm else None,
-                  admm_sigma=a.admm_sigma, curvature_delay=a.curvature_delay, **common)
+                  admm_sigma=a.admm_sigma, admm_rho=a.admm_rho if admm == "consensus" else None,
+                  curvature_delay=a.curvature_delay, **common)
 
 
 def build(config, ctx: BuildContext) -> Method:
@@ -112,12 +127,25 @@ def build(config, ctx: BuildContext) -> Method:
   sharded = a.variant == "dho2"
   kw = dict(k=a.k, l=a.l, m=a.m or None, num_shards=ctx.num_devices, sharded=sharded,
             param_bytes=pbytes, lanczos_bytes=lanczos_bytes)
-  refresh = dho.payload_bytes(n, refresh=True, **kw)
-  plain = dho.payload_bytes(n, refresh=False, **kw)
-  describe = (f"{a.variant}: k={a.k} l={a.l} m={a.m or 4 * (a.k + a.l)} T={a.refresh_every} alpha={a.alpha} "
-              f"on {config.optimizer}(lr={config.lr}); bytes/device: {plain} plain step, {refresh} refresh "
-              f"step (counted as payload: the compiled step holds the refresh branch), "
-              f"amortised {plain + (refresh - plain) / a.refresh_every:.0f}")
+  if sharded and a.admm == "consensus":
+    tau = a.admm_period or a.refresh_every
+    kw["admm"] = "consensus"
+    refresh = dho.payload_bytes(n, refresh=True, **kw)        # refresh + consensus: the dearest step
+    plain = dho.payload_bytes(n, refresh=False, consensus_step=False, **kw)
+    sync = dho.payload_bytes(n, refresh=False, **kw)
+    refresh_only = dho.payload_bytes(n, refresh=True, consensus_step=False, **kw)
+    describe = (f"dho2 consensus ADMM: rho={a.admm_rho} tau={tau} k={a.k} l={a.l} m={a.m or 4 * (a.k + a.l)} "
+                f"T={a.refresh_every} alpha={a.alpha} on {config.optimizer}(lr={config.lr}); bytes/device: "
+                f"{plain} local step, {sync} consensus step, {refresh_only} refresh (dearest {refresh}, "
+                f"counted as payload: the compiled step holds both branches), amortised "
+                f"{sync / tau + refresh_only / a.refresh_every:.0f}")
+  else:
+    refresh = dho.payload_bytes(n, refresh=True, **kw)
+    plain = dho.payload_bytes(n, refresh=False, **kw)
+    describe = (f"{a.variant}: k={a.k} l={a.l} m={a.m or 4 * (a.k + a.l)} T={a.refresh_every} alpha={a.alpha} "
+                f"on {config.optimizer}(lr={config.lr}); bytes/device: {plain} plain step, {refresh} refresh "
+                f"step (counted as payload: the compiled step holds the refresh branch), "
+                f"amortised {plain + (refresh - plain) / a.refresh_every:.0f}")
   return local_gradient_method(
       ctx, tx, extra_args_fn=lambda params, batch, key: {"batch": batch},
       worker_leaves=dho.sharded_leaves if sharded else None, analytic_payload=refresh, describe=describe)
