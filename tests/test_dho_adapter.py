@@ -31,7 +31,7 @@ def test_configs_run_and_learn(name, arg):
     ("algo.k", {"algo.k": 6000, "algo.m": 0}), ("algo.m", {"algo.m": 3}),
     ("algo.refresh_every", {"algo.refresh_every": 0}), ("algo.variant", {"algo.variant": "kfac"}),
     ("algo.momentum", {"algo.momentum": "adam"}), ("algo.curvature_delay", {"algo.curvature_delay": 50}),
-    ("algo.admm", {"algo.admm": "consensus"})])
+    ("algo.admm", {"algo.admm": "bogus"})])
 def test_bad_config_raises_config_error(field, overrides):
   config = _config("dho2_mlp", "8", **overrides)
   with pytest.raises(ConfigError) as err:
