@@ -15,11 +15,11 @@ from sfb.models import (metric_learning_factors, nmf_codes, nmf_factors, nonnega
 from sfb.sdca import LOSSES as SDCA_LOSSES
 from sfb.sdca import SDCA, SDCAState, sdca
 from sfb.staleness import StaleSFBState, scale_by_stale_sfb
-from sfb.plan import (RULES, LayerPlan, Plan, choose_sfb, dense_bytes, gathered_bytes, payload_bytes,
+from sfb.plan import (RULES, CostModel, LayerPlan, Plan, choose_sfb, dense_bytes, gathered_bytes, payload_bytes,
                       plan, wire_bytes)
 
 __all__ = [
-    "FromFactors", "LayerPlan", "Plan", "RULES", "SDCA", "SDCAState", "SDCA_LOSSES", "StaleSFBState", "scale_by_stale_sfb", "sdca", "metric_learning_factors",
+    "CostModel", "FromFactors", "LayerPlan", "Plan", "RULES", "SDCA", "SDCAState", "SDCA_LOSSES", "StaleSFBState", "scale_by_stale_sfb", "sdca", "metric_learning_factors",
     "nmf_codes", "nmf_factors", "nonnegative", "project", "softmax_factors", "sparse_codes",
     "sparse_coding_factors", "squared_hinge_factors", "unit_columns", "SufficientFactors", "choose_sfb", "dense_bytes",
     "factored_grad", "factored_value_and_grad", "gather_factors", "gathered_bytes", "module_calls", "payload_bytes",

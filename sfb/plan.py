@@ -6,7 +6,15 @@ with ``rows`` local rows per step on P devices the floats compared are (sfb.md �
 
     rule "payload":  SFB iff  P·rows·(J + D)  <  J·D + J     (gathered factors vs psum operand)
     rule "wire":     SFB iff  P·rows·(J + D)  <  2(J·D + J)  (ring all-gather vs ring all-reduce)
+    rule "time":     SFB iff  2(P−1)·rows·J·D / F + (P−1)·rows·(J + D)·s / BW
+                              <  2(P−1)/P·(J·D + J)·s / BW
     rule "always" / "never": force the choice.
+
+The "time" rule adds what the byte rules leave out: every device rebuilds the gradient from all
+P·rows factors (2·P·rows·J·D flops instead of its own 2·rows·J·D), so SFB pays 2(P−1)·rows·J·D
+extra flops to save bytes. F (flop/s per device) and BW (link bytes/s) come from a ``CostModel``;
+s is the bytes per float. With a fast accelerator F is so large that it equals the "wire" rule; on
+slow devices it picks dense earlier.
 
 The bias (+J) of an SFB layer is rebuilt from the gathered U and costs nothing.
 """
@@ -20,7 +28,29 @@ import numpy as np
 
 from sfb.capture import module_calls
 
-RULES = ("payload", "wire", "always", "never")
+RULES = ("payload", "wire", "time", "always", "never")
+
+
+@dataclasses.dataclass(frozen=True)
+class CostModel:
+  """Device and link speeds for the "time" rule: flop/s per device and link bytes/s (ring model)."""
+  flops_per_s: float
+  link_bytes_per_s: float
+  itemsize: int = 4
+
+  def __post_init__(self):
+    if not (self.flops_per_s > 0 and self.link_bytes_per_s > 0):
+      raise ValueError(f"CostModel needs flops_per_s > 0 and link_bytes_per_s > 0, got {self}")
+
+  def sfb_seconds(self, in_features: int, out_features: int, rows: int, num_devices: int) -> float:
+    """Extra reconstruction time plus the ring all-gather of the factors."""
+    extra = 2 * (num_devices - 1) * rows * out_features * in_features / self.flops_per_s
+    return extra + (num_devices - 1) * rows * (out_features + in_features) * self.itemsize / self.link_bytes_per_s
+
+  def dense_seconds(self, in_features: int, out_features: int, num_devices: int, use_bias: bool = True) -> float:
+    """The ring all-reduce of the J·D (+ J) gradient."""
+    floats = out_features * (in_features + int(use_bias))
+    return 2 * (num_devices - 1) / num_devices * floats * self.itemsize / self.link_bytes_per_s
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,10 +114,15 @@ class Plan:
 
 
 def choose_sfb(in_features: int, out_features: int, rows: int, num_devices: int,
-               rule: str = "payload", use_bias: bool = True) -> bool:
-  """The per-layer rule of the module docstring."""
+               rule: str = "payload", use_bias: bool = True, cost: CostModel | None = None) -> bool:
+  """The per-layer rule of the module docstring (``cost`` is required by, and only used by, "time")."""
   if rule not in RULES:
     raise ValueError(f"sfb rule must be one of {RULES}, got {rule!r}")
+  if rule == "time":
+    if cost is None:
+      raise ValueError("sfb rule 'time' needs cost=sfb.CostModel(flops_per_s=..., link_bytes_per_s=...)")
+    return (cost.sfb_seconds(in_features, out_features, rows, num_devices)
+            < cost.dense_seconds(in_features, out_features, num_devices, use_bias))
   sfb_floats = num_devices * rows * (in_features + out_features)
   dense = out_features * (in_features + int(use_bias))
   return {"payload": sfb_floats < dense, "wire": sfb_floats < 2 * dense,
@@ -95,7 +130,7 @@ def choose_sfb(in_features: int, out_features: int, rows: int, num_devices: int,
 
 
 def plan(loss_fn: Callable, params, *global_args, num_devices: int, rule: str = "payload",
-         layers: Sequence[Sequence[str]] | None = None) -> Plan:
+         layers: Sequence[Sequence[str]] | None = None, cost: CostModel | None = None) -> Plan:
   """Decides SFB vs dense for every ``nn.Dense`` that ``loss_fn(params, *args)`` calls.
 
   Args:
@@ -104,9 +139,10 @@ def plan(loss_fn: Callable, params, *global_args, num_devices: int, rule: str = 
     *global_args: the GLOBAL batch (arrays or ShapeDtypeStructs); every array's leading dimension
       must divide by ``num_devices``. Each device sees ``rows / num_devices`` of them.
     num_devices: P, the size of the data axis.
-    rule: ``payload`` | ``wire`` | ``always`` | ``never`` (see the module docstring).
+    rule: ``payload`` | ``wire`` | ``time`` | ``always`` | ``never`` (see the module docstring).
     layers: instead of ``rule``, the exact module paths to factor (e.g. ``[("Dense_0",)]``); every
       one must be an ``nn.Dense`` the loss calls.
+    cost: the ``CostModel`` of rule ``time``.
 
   Raises:
     ValueError: unknown rule, rows not divisible by ``num_devices``, or a selected layer that is
@@ -116,6 +152,8 @@ def plan(loss_fn: Callable, params, *global_args, num_devices: int, rule: str = 
     raise ValueError(f"sfb rule must be one of {RULES}, got {rule!r}")
   if not isinstance(num_devices, int) or num_devices < 1:
     raise ValueError(f"num_devices must be a positive integer, got {num_devices!r}")
+  if rule == "time" and cost is None and layers is None:
+    raise ValueError("sfb rule 'time' needs cost=sfb.CostModel(flops_per_s=..., link_bytes_per_s=...)")
 
   def local(x):
     shape = tuple(np.shape(x))
@@ -146,7 +184,7 @@ def plan(loss_fn: Callable, params, *global_args, num_devices: int, rule: str = 
     d, j = cs[0].in_shape[-1], cs[0].out_shape[-1]
     rows = sum(int(np.prod(c.in_shape[:-1])) for c in cs)
     use = (path in wanted) if layers is not None else choose_sfb(d, j, rows, num_devices, rule,
-                                                                 cs[0].use_bias)
+                                                                 cs[0].use_bias, cost)
     out.append(LayerPlan(path, d, j, rows, cs[0].use_bias, use, num_devices))
   dense_param_floats = sum(l.dense_floats for l in out)
   total = sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(params))

@@ -112,6 +112,23 @@ def test_break_even_rules():
   assert sfb.choose_sfb(1, 1, 1000, P, "always") and not sfb.choose_sfb(2000, 1000, 1, P, "never")
 
 
+def test_time_rule_charges_the_reconstruction_flops():
+  """With infinitely fast devices the time rule is the wire rule (minus the bias's +J); with slow
+  ones it picks dense where the extra 2(P−1)·b·J·D flops outweigh the all-reduce."""
+  fast = sfb.CostModel(flops_per_s=1e30, link_bytes_per_s=1.25e9)
+  grid = (1, 4, 16, 64, 150, 166, 167, 256)
+  assert ([sfb.choose_sfb(2000, 1000, b, P, "time", use_bias=False, cost=fast) for b in grid]
+          == [sfb.choose_sfb(2000, 1000, b, P, "wire", use_bias=False) for b in grid])
+  # F = 38.6 GFLOP/s, 10 Gb/s: extra 2·7·b·2e6/F + 7·b·3000·4/1.25e9 vs 2·7/8·2.001e6·4/1.25e9 → b* ≈ 14.7
+  slow = sfb.CostModel(flops_per_s=38.6e9, link_bytes_per_s=1.25e9)
+  picks = [b for b in range(1, 40) if sfb.choose_sfb(2000, 1000, b, P, "time", cost=slow)]
+  assert picks == list(range(1, 15))
+  with pytest.raises(ValueError, match="needs cost"):
+    sfb.choose_sfb(2000, 1000, 4, P, "time")
+  with pytest.raises(ValueError, match="flops_per_s > 0"):
+    sfb.CostModel(flops_per_s=0.0, link_bytes_per_s=1.0)
+
+
 def test_shared_layer_concatenates_call_sites():
   class Tied(nn.Module):
     @nn.compact

@@ -31,7 +31,9 @@ def test_sdca_config_certifies_its_optimum():
 
 
 @pytest.mark.parametrize("algorithm, overrides, field, says", [
-    ("sfb", dict(algo=dict(rule="cheapest")), "algo.rule", "allowed: payload, wire, always, never"),
+    ("sfb", dict(algo=dict(rule="cheapest")), "algo.rule", "allowed: payload, wire, time, always, never"),
+    ("sfb", dict(algo=dict(rule="time")), "algo.gflops", "rule 'time' needs"),
+    ("sfb", dict(algo=dict(rule="time", gflops=50.0, link_gbit=0.0)), "algo.link_gbit", "rule 'time' needs"),
     ("sfb_sdca", dict(model="mlp"), "model", "linear model"),
     ("sfb_sdca", dict(algo=dict(C=0.0)), "algo.C", "> 0"),
     ("sfb_sdca", dict(algo=dict(loss="logistic")), "algo.loss", "allowed: squared_hinge, squared"),

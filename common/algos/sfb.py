@@ -20,7 +20,9 @@ from common.errors import ConfigError
 
 def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.rule = "payload"        # payload | wire | always | never: per-layer SFB vs dense all-reduce
+  c.rule = "payload"        # payload | wire | time | always | never: per-layer SFB vs dense all-reduce
+  c.gflops = 0.0            # rule "time": flop/s per device in GFLOP/s (required; see benchmarks.sfb_sweep)
+  c.link_gbit = 10.0        # rule "time": link speed in Gbit/s
   return c
 
 
@@ -28,6 +30,10 @@ def validate(config, dataset) -> None:
   del dataset
   if config.algo.rule not in sfb.RULES:
     raise ConfigError("algo.rule", f"unknown rule {config.algo.rule!r}; allowed: {', '.join(sfb.RULES)}")
+  if config.algo.rule == "time":
+    for field, unit in (("gflops", "GFLOP/s per device"), ("link_gbit", "Gbit/s")):
+      if not config.algo[field] > 0:
+        raise ConfigError(f"algo.{field}", f"rule 'time' needs algo.{field} > 0 ({unit}), got {config.algo[field]}")
 
 
 def make_plan(config, ctx: BuildContext) -> sfb.Plan:
@@ -36,7 +42,11 @@ def make_plan(config, ctx: BuildContext) -> sfb.Plan:
   dtype = jax.tree.leaves(ctx.params)[0].dtype
   batch = Shard(np.zeros((rows, ctx.dataset.num_features), dtype),
                 np.zeros((rows,), ctx.dataset.y_train.dtype), np.ones((rows,), np.float32))
-  return sfb.plan(ctx.loss_fn, ctx.params, batch, num_devices=ctx.num_devices, rule=config.algo.rule)
+  cost = None
+  if config.algo.rule == "time":
+    cost = sfb.CostModel(flops_per_s=config.algo.gflops * 1e9, link_bytes_per_s=config.algo.link_gbit * 1e9 / 8,
+                         itemsize=np.dtype(dtype).itemsize)
+  return sfb.plan(ctx.loss_fn, ctx.params, batch, num_devices=ctx.num_devices, rule=config.algo.rule, cost=cost)
 
 
 def build(config, ctx: BuildContext) -> Method:
