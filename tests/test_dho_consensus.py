@@ -204,8 +204,9 @@ def test_adapter_consensus_runs_and_validates():
   assert result.final["bytes_per_step"] == result.final["analytic_bytes_per_step"] + 4
   n = sum(x.size for x in jax.tree.leaves(result.params))
   assert dense_allreduce_present(result.comm, n)
-  for field, extra in [("algo.admm", {}), ("algo.admm_rho", {"algo.admm_rho": -1.0}),
-                       ("algo.curvature_delay", {"algo.admm_rho": 0.1, "algo.curvature_delay": 3})]:
+  for field, extra in [("algo.admm_rho", {}), ("algo.admm_rho", {"algo.admm_rho": -1.0}),
+                       ("algo.curvature_delay", {"algo.admm_rho": 0.1, "algo.curvature_delay": 3}),
+                       ("algo.admm_rho", {"algo.admm": "reference", "algo.admm_rho": 0.1})]:
     with pytest.raises(ConfigError) as err:
       train.validate(_mlp_config(**{"algo.admm": "consensus", **extra}), available_devices=8)
     assert err.value.field == field

@@ -94,10 +94,13 @@ def validate(config, dataset) -> None:
     raise ConfigError("algo.admm_rho", f"must be a finite number >= 0 (0 = unset), got {a.admm_rho!r}")
   if a.admm == "consensus":
     if a.admm_rho <= 0:
-      raise ConfigError("algo.admm", "'consensus' needs algo.admm_rho > 0 (the ADMM penalty; no default, "
-                        "it must match the loss's curvature scale)")
+      raise ConfigError("algo.admm_rho", "admm='consensus' needs algo.admm_rho > 0 (the ADMM penalty; no "
+                        "default, it must match the loss's curvature scale)")
     if a.curvature_delay:
       raise ConfigError("algo.curvature_delay", "must be 0 with admm='consensus'")
+  elif a.admm_rho:
+    raise ConfigError("algo.admm_rho", f"is the consensus-ADMM penalty; set algo.admm=consensus or leave it 0 "
+                      f"(admm={a.admm!r})")
 
 
 def make_tx(config, ctx: BuildContext):

@@ -157,7 +157,8 @@ def validate(config, dataset) -> None:
     if a.allocation == "bibd" and not (d == w - 1 and w > 1) and not (w == 7 and d == 3):
       raise ConfigError("num_devices" if d == 3 else "algo.redundancy",
                         f"bibd designs: the Fano plane needs 7 devices and redundancy 3 "
-                        f"(--config.num_devices=7 --config.algo.redundancy=3), the complement design "
+                        f"(--config.num_devices=7 --config.algo.redundancy=3 --config.batch_size=7: the batch size is unused "
+                        f"but must divide by the devices), the complement design "
                         f"redundancy = devices - 1 = {w - 1}; got {w} devices, redundancy {d}")
     if a.allocation != "frc" and a.partitions_per_group != 1:
       raise ConfigError("algo.partitions_per_group", f"is for allocation=frc only (got {a.allocation})")
@@ -279,7 +280,7 @@ def build(config, ctx: BuildContext) -> Method:
                      jax.device_get(tx.init(params)), worker_marks)
 
   def state_specs(state):
-    return jax.tree.map(lambda m: jax.P(axis) if m else jax.P(), sign1bit.worker_leaves(state))
+    return sign1bit.state_specs(state, axis)
 
   def local_objective(p, x, y, wts):
     """Σ_{k∈S_i} f_k on this device's rows."""
