@@ -99,7 +99,7 @@ def _num_devices(config) -> int:
   return config.num_devices or jax.device_count()
 
 
-def _alloc_args(config, num_devices: int) -> tuple[str, int, int]:
+def _alloc_args(config) -> tuple[str, int, int]:
   """(kind, d, m) of the allocation the scheme uses (d = 1 baselines: frc, 1, 1)."""
   a = config.algo
   if a.scheme in GC_SCHEMES:
@@ -109,7 +109,7 @@ def _alloc_args(config, num_devices: int) -> tuple[str, int, int]:
 
 def make_allocation(config, num_devices: int) -> sign1bit.Allocation:
   """The allocation of ``config`` over ``num_devices`` workers."""
-  kind, d, m = _alloc_args(config, num_devices)
+  kind, d, m = _alloc_args(config)
   if kind == "frc":
     return sign1bit.allocation("frc", num_devices, d, partitions_per_group=m)
   return sign1bit.allocation(kind, num_devices, d)
