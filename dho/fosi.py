@@ -108,6 +108,19 @@ def _check_int(name, value, lo):
   return int(value)
 
 
+def _fosi_direction(g, pairs, velocity, base_state, theta, proj, base, vel_rule, alpha, dt):
+  """FOSI's step (spec §2.2): with U = ``pairs.eigvecs`` and ``proj(x) = U x`` (a psum when U is
+  sharded), the Newton part −α · U^T diag(1/|λ|) U v on the momentum v of g1 = U^T U g, plus
+  c · (base step on g − g1, projected out of span U). Returns (update, velocity, base_state)."""
+  u_mat = pairs.eigvecs
+  g1 = proj(g) @ u_mat
+  velocity = vel_rule(g1, velocity)
+  newton = (pairs.inv_abs_eig * proj(velocity)) @ u_mat
+  d, base_state = base.update(g - g1, base_state, theta)
+  d = d - proj(d) @ u_mat
+  return (pairs.scale * d - alpha * newton).astype(dt), velocity, base_state
+
+
 def _match_vma(new, like):
   """pcast ``new``'s leaves to varying over the axes ``like``'s leaves vary over (cond branches)."""
   def varying(x):
@@ -290,15 +303,8 @@ def _build(base: optax.GradientTransformation, loss_fn: Callable, *, k, l, m, re
       anchor = jnp.where(count % admm_period == 0, theta, anchor)
     if r > 0:
       def hybrid():
-        u_mat = pairs.eigvecs
-        proj = lambda x: layout.rsum(u_mat @ x)
-        g1 = proj(g) @ u_mat
-        g2 = g - g1
-        velocity = vel_rule(g1, fs.velocity)
-        newton = (pairs.inv_abs_eig * proj(velocity)) @ u_mat
-        d, base_state = base.update(g2, fs.base_state, theta)
-        d = d - proj(d) @ u_mat
-        return (pairs.scale * d - alpha * newton).astype(dt), velocity, base_state
+        return _fosi_direction(g, pairs, fs.velocity, fs.base_state, theta,
+                               lambda x: layout.rsum(pairs.eigvecs @ x), base, vel_rule, alpha, dt)
 
       def plain():   # no pairs yet (V = 0): the base step exactly, bit for bit
         d, base_state = base.update(g, fs.base_state, theta)
@@ -364,14 +370,10 @@ def _build(base: optax.GradientTransformation, loss_fn: Callable, *, k, l, m, re
     dual = state.admm_dual
     grad_x = ravel_pytree(jax.grad(loss_fn)(unravel(x), batch))[0].astype(dt)
     g = grad_x + dual + admm_rho * (x - z)
-    u_mat = pairs.eigvecs
-    proj = lambda v: u_mat @ v                     # full rows: no collective
-    g1 = proj(g) @ u_mat
-    velocity = vel_rule(g1, fs.velocity)
-    newton = (pairs.inv_abs_eig * proj(velocity)) @ u_mat
-    d, base_state = base.update(g - g1, fs.base_state, x)
-    d = d - proj(d) @ u_mat
-    x = x + (pairs.scale * d - alpha * newton).astype(dt)
+    step, velocity, base_state = _fosi_direction(g, pairs, fs.velocity, fs.base_state, x,
+                                                 lambda v: pairs.eigvecs @ v,   # full rows: no collective
+                                                 base, vel_rule, alpha, dt)
+    x = x + step
 
     def sync():   # z = pmean(x_p + pi_p / rho); pi_p += rho (x_p - z); x_p <- z (one n-float all-reduce)
       w = x + dual / admm_rho
