@@ -36,18 +36,19 @@ def unpack(packed: jax.Array, num_bits: int) -> jax.Array:
   return 2.0 * bits.astype(jnp.float32) - 1.0
 
 
-def payload_bytes(num_params: int, scheme: str = "one_bit") -> int:
+def payload_bytes(num_params: int, scheme: str = "one_bit", num_workers: int = 1) -> int:
   """Bytes one worker sends per step.
 
   ``one_bit``: ⌈D/8⌉ (constant bound, sign votes); ``one_bit_scale``: ⌈D/8⌉ + 4 (plus one f32
   scale: ``bound="linf"``, EF-signSGD); ``fp32``: 4D (real-valued SGC, ignore-stragglers);
   ``int8_psum``: D (the ``wire="int8_psum"`` alternative: an s8[D] all-reduce, 8× the packed
-  payload).
+  payload; s32[D], 4D bytes, when ``num_workers`` > 127 because the vote sum must fit).
   """
   d = int(num_params)
   if d < 1:
     raise ValueError(f"num_params must be >= 1, got {num_params}")
-  sizes = {"one_bit": math.ceil(d / 8), "one_bit_scale": math.ceil(d / 8) + 4, "fp32": 4 * d, "int8_psum": d}
+  sizes = {"one_bit": math.ceil(d / 8), "one_bit_scale": math.ceil(d / 8) + 4, "fp32": 4 * d,
+           "int8_psum": d if num_workers <= 127 else 4 * d}
   if scheme not in sizes:
     raise ValueError(f"scheme {scheme!r} unknown; allowed: {', '.join(SCHEMES)}")
   return sizes[scheme]
