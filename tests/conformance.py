@@ -25,6 +25,8 @@ import numpy as np
 import optax
 from jax import lax
 
+from common.algos.base import own_rows, restack_rows, stack_worker_leaves
+
 AXIS = "data"
 
 
@@ -128,18 +130,15 @@ def sharded_step_fn(entry: Entry, mesh: jax.sharding.Mesh):
   marks = _marks(entry, state0)
   state_specs = jax.tree.map(lambda m: jax.P(AXIS) if m else jax.P(), marks)
 
-  def on_marked(fn, state):
-    return jax.tree.map(lambda leaf, m: fn(leaf) if m else leaf, state, marks)
-
   def body(params, state, x, y):
-    state = on_marked(lambda a: a[0], state)
+    state = own_rows(state, marks)
     g = entry.grads(lax.pcast(params, AXIS, to="varying"), x, y)
     updates, state = tx.update(g, state, params, **entry.extras(params, x, y))
-    return optax.apply_updates(params, updates), on_marked(lambda a: a[None], state)
+    return optax.apply_updates(params, updates), restack_rows(state, marks)
 
   step = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(jax.P(), state_specs, jax.P(AXIS), jax.P(AXIS)),
                                out_specs=(jax.P(), state_specs)))
-  init_state = on_marked(lambda a: jnp.broadcast_to(a, (num_devices,) + a.shape), state0)
+  init_state = stack_worker_leaves(state0, marks, num_devices)
   return step, params0, init_state
 
 

@@ -9,6 +9,7 @@ import pytest
 from jax import lax
 
 import sign1bit
+from common.algos.base import own_rows, restack_rows, stack_worker_leaves
 from common.comm import collective_bytes, dense_allreduce_present
 from sign1bit.coding import worker_key
 
@@ -27,12 +28,8 @@ def _stacked_state(tx, params, w):
   """init state with per-worker leaves given a leading axis of size W, and its specs."""
   state = tx.init(params)
   marks = sign1bit.worker_leaves(state)
-  state = jax.tree.map(lambda x, m: jnp.broadcast_to(x, (w,) + x.shape) if m else x, state, marks)
+  state = stack_worker_leaves(state, marks, w)
   return state, marks, sign1bit.state_specs(state, AXIS)
-
-
-def _on_marked(fn, state, marks):
-  return jax.tree.map(lambda x, m: fn(x) if m else x, state, marks)
 
 
 def collect(tx, local_grads, steps, *, per_device=False):
@@ -46,14 +43,14 @@ def collect(tx, local_grads, steps, *, per_device=False):
   state, marks, specs = _stacked_state(tx, jnp.zeros(d), w)
 
   def body(g, st):
-    st = _on_marked(lambda x: x[0], st, marks)
+    st = own_rows(st, marks)
 
     def one(st, _):
       u, st = tx.update(g[0], st)
       return st, u
 
     st, us = lax.scan(one, st, None, length=steps)
-    return (us[None] if per_device else us), _on_marked(lambda x: x[None], st, marks)
+    return (us[None] if per_device else us), restack_rows(st, marks)
 
   out = jax.P(AXIS) if per_device else jax.P()
   f = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(jax.P(AXIS), specs), out_specs=(out, specs)))
@@ -96,11 +93,11 @@ def _compiled_step(tx, d, *, replicated_grad=False):
   x = np.random.default_rng(0).normal(size=(8 * 4, d)).astype(np.float32)
 
   def body(params, st, x):
-    st = _on_marked(lambda s: s[0], st, marks)
+    st = own_rows(st, marks)
     at = params if replicated_grad else lax.pcast(params, AXIS, to="varying")
     g = jax.grad(lambda p: jnp.mean((x @ p - 1.0) ** 2))(at)
     u, st = tx.update(g, st)
-    return params - 0.1 * u, _on_marked(lambda s: s[None], st, marks)
+    return params - 0.1 * u, restack_rows(st, marks)
 
   f = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(jax.P(), specs, jax.P(AXIS)), out_specs=(jax.P(), specs)))
   args = (_put(params, mesh, jax.P()), _put(state, mesh, specs), _put(x, mesh, jax.P(AXIS)))
@@ -268,7 +265,7 @@ def _stationary_error(tx, steps=20_000, eta=0.05):
   w_star = a.mean(0)
 
   def body(sa, st):
-    st = _on_marked(lambda s: s[0], st, marks)
+    st = own_rows(st, marks)
 
     def one(carry, _):
       w, st = carry

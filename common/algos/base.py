@@ -72,6 +72,28 @@ class Method:
   describe: str = ""
 
 
+def on_marked(fn: Callable, tree, marks):
+  """``fn`` applied to the leaves of ``tree`` whose mark is True, the others unchanged."""
+  return jax.tree.map(lambda leaf, m: fn(leaf) if m else leaf, tree, marks)
+
+
+def stack_worker_leaves(state, marks, num_devices: int):
+  """Host copy of ``state`` whose marked (per-worker) leaves get a leading axis of size P: the
+  global layout that ``P(axis)`` shards so each device holds its own row."""
+  return on_marked(lambda x: np.broadcast_to(np.asarray(x), (num_devices,) + np.shape(x)).copy(),
+                   jax.device_get(state), marks)
+
+
+def own_rows(state, marks):
+  """Inside ``shard_map``: the device's own slice of each marked leaf (drops the leading axis)."""
+  return on_marked(lambda x: x[0], state, marks)
+
+
+def restack_rows(state, marks):
+  """Inverse of ``own_rows``: restores the leading axis before the state leaves ``shard_map``."""
+  return on_marked(lambda x: x[None], state, marks)
+
+
 def replicated_specs(tree) -> Any:
   return jax.tree.map(lambda _: jax.P(), tree)
 
@@ -108,13 +130,10 @@ def local_gradient_method(ctx: BuildContext, tx: optax.GradientTransformation, *
   grad_fn = grad_fn or jax.value_and_grad(ctx.loss_fn)
   marks = worker_leaves or (lambda state: jax.tree.map(lambda _: False, state))
 
-  def on_marked(fn, state):
-    return jax.tree.map(lambda leaf, m: fn(leaf) if m else leaf, state, marks(state))
-
   def init_state(params, key):
     del key
-    return on_marked(lambda x: np.broadcast_to(x, (ctx.num_devices,) + x.shape).copy(),
-                     jax.device_get(tx.init(params)))
+    state = tx.init(params)
+    return stack_worker_leaves(state, marks(state), ctx.num_devices)
 
   def state_specs(state):
     return jax.tree.map(lambda m: jax.P(axis) if m else jax.P(), marks(state))
@@ -123,10 +142,10 @@ def local_gradient_method(ctx: BuildContext, tx: optax.GradientTransformation, *
     batch = sample_batch(shard, worker_key(key, axis), ctx.batch_per_device)
     loss, grads = grad_fn(lax.pcast(params, axis, to="varying"), batch)
     extra = extra_args_fn(params, batch, key) if extra_args_fn else {}
-    opt_state = on_marked(lambda x: x[0], opt_state)
+    opt_state = own_rows(opt_state, marks(opt_state))
     updates, opt_state = tx.update(grads, opt_state, params, **extra)
     params = optax.apply_updates(params, updates)
-    return params, on_marked(lambda x: x[None], opt_state), {"loss": lax.pmean(loss, axis)}
+    return params, restack_rows(opt_state, marks(opt_state)), {"loss": lax.pmean(loss, axis)}
 
   return Method(init_state=init_state, local_step=local_step, state_specs=state_specs,
                 analytic_payload=analytic_payload, describe=describe)

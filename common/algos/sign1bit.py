@@ -40,7 +40,7 @@ import optax
 from jax import lax
 
 import sign1bit
-from common.algos.base import BuildContext, Method, param_count
+from common.algos.base import BuildContext, Method, own_rows, param_count, restack_rows, stack_worker_leaves
 from common.errors import ConfigError
 
 SCHEMES = ("one_bit_gc", "sgc", "ignore_stragglers", "ignore_stragglers_1bit", "signsgd_majority",
@@ -271,13 +271,9 @@ def build(config, ctx: BuildContext) -> Method:
 
   worker_marks = sign1bit.worker_leaves(tx.init(ctx.params))
 
-  def on_marked(fn, tree, marks):
-    return jax.tree.map(lambda leaf, m: fn(leaf) if m else leaf, tree, marks)
-
   def init_state(params, key):
     del key
-    return on_marked(lambda x: np.broadcast_to(np.asarray(x), (ctx.num_devices,) + np.shape(x)).copy(),
-                     jax.device_get(tx.init(params)), worker_marks)
+    return stack_worker_leaves(tx.init(params), worker_marks, ctx.num_devices)
 
   def state_specs(state):
     return sign1bit.state_specs(state, axis)
@@ -292,7 +288,7 @@ def build(config, ctx: BuildContext) -> Method:
     wts = jnp.asarray(weights)[lax.axis_index(axis)]
     value, grads = jax.value_and_grad(local_objective)(lax.pcast(params, axis, to="varying"),
                                                        shard.x, shard.y, wts)
-    state = on_marked(lambda x: x[0], opt_state, worker_marks)
+    state = own_rows(opt_state, worker_marks)
     before = sign1bit.diagnostics(state)
     updates, state = tx.update(grads, state, params)
     after = sign1bit.diagnostics(state)
@@ -307,7 +303,7 @@ def build(config, ctx: BuildContext) -> Method:
                "uplink_bits": bits_per_worker * after["active_total"].astype(jnp.float32)}
     if constant_bound:
       metrics["clipped"] = stats[1] / (num_params * jnp.maximum(active, 1).astype(stats.dtype))
-    state = on_marked(lambda x: x[None], state, worker_marks)
+    state = restack_rows(state, worker_marks)
     return params, state, metrics
 
   scalar_bytes = np.dtype(dtype).itemsize * (2 if constant_bound else 1)
