@@ -173,10 +173,12 @@ def test_worker_quantizer_streams_are_independent():
 
 def _allocations():
   return {"frc8_d2": sign1bit.allocation("frc", 8, 2), "cyclic8_d3": sign1bit.allocation("cyclic", 8, 3),
-          "complement8": sign1bit.allocation("bibd", 8, 7), "fano7": sign1bit.allocation("bibd", 7)}
+          "complement8": sign1bit.allocation("bibd", 8, 7), "fano7": sign1bit.allocation("bibd", 7),
+          "custom6": sign1bit.allocation("custom", 6, matrix=[[1, 1, 0], [0, 1, 1], [1, 0, 1],
+                                                              [1, 1, 0], [0, 1, 1], [1, 0, 1]])}
 
 
-@pytest.mark.parametrize("name", ["frc8_d2", "cyclic8_d3", "complement8", "fano7"])
+@pytest.mark.parametrize("name", ["frc8_d2", "cyclic8_d3", "complement8", "fano7", "custom6"])
 def test_real_valued_p0_decodes_the_exact_full_gradient(name):
   alloc = _allocations()[name]
   g = np.random.default_rng(1).normal(size=(alloc.num_partitions, 40))
