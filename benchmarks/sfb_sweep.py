@@ -127,7 +127,9 @@ def main():
     chosen = [(b, s["step_ms"] / d["step_ms"]) for b, s, d, *c in rows if pick(c)]
     return max(chosen, key=lambda t: t[1]) if chosen else None
 
+  crossover = max((b for b in range(1, 257) if sfb.choose_sfb(2000, 1000, b, P, "time", cost=cost)), default=0)
   lines.append("")
+  lines.append(f"- The `time` rule with this calibration picks SFB for b ≤ {crossover} (the `payload` rule: b ≤ 83).")
   for name, pick in (("payload", lambda c: c[0]), ("time", lambda c: c[1])):
     w = worst(pick)
     lines.append(f"- Target \"SFB step ≤ 1.3x dense where the plan picks SFB\", `{name}` rule: " + (

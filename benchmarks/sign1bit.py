@@ -43,6 +43,7 @@ from jax.sharding import AxisType, NamedSharding  # noqa: E402
 
 import sign1bit  # noqa: E402
 from benchmarks.notes import RESULTS, write_result  # noqa: E402
+from common.algos.base import own_rows  # noqa: E402
 from common.comm import collective_bytes  # noqa: E402
 
 W = 8
@@ -149,10 +150,6 @@ def init_state(tx, seed):
                       sign1bit.worker_leaves(state), state)
 
 
-def _local_state(state):
-  return jax.tree.map(lambda m, a: a[0] if m else a, sign1bit.worker_leaves(state), state)
-
-
 def build_program(tx, mesh, steps):
   """jit(vmap_regime(vmap_run(shard_map(scan over steps)))).
 
@@ -165,7 +162,7 @@ def build_program(tx, mesh, steps):
   has_clip = hasattr(tx.init(jnp.zeros(D)), "clip_count")
 
   def body(eta, state, xs, ys, xt, yt):
-    state = _local_state(state)
+    state = own_rows(state, sign1bit.worker_leaves(state))
     xs, ys, xt, yt = xs[0], ys[0], xt[0], yt[0]
 
     def step(carry, _):
@@ -196,7 +193,7 @@ def one_step_bytes(tx, mesh, xs, ys):
   specs = sign1bit.state_specs(jax.eval_shape(lambda: init_state(tx, 0)), AXIS)
 
   def body(w, state, xs, ys):
-    state = _local_state(state)
+    state = own_rows(state, sign1bit.worker_leaves(state))
     g = jax.grad(local_loss)(lax.pcast(w, AXIS, to="varying"), xs[0], ys[0])
     u, st = tx.update(g, state)
     return w - 0.1 * u
