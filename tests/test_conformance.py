@@ -10,7 +10,7 @@ import pytest
 from common.comm import collective_bytes
 from tests.conformance import AXIS, Entry, sharded_run, sharded_step_fn, single_device_run
 
-_MODULES = ("dense", "sfb", "sign1bit", "vr_prox", "dho")
+_MODULES = ("dense", "powersgd", "sfb", "sign1bit", "vr_prox", "dho")
 
 
 def _entries() -> list[Entry]:
