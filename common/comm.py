@@ -18,6 +18,15 @@ Collectives inside `while` loops are multiplied by XLA's ``known_trip_count``
 (a loop without one is counted once and flagged in ``notes``). A `conditional`
 counts its dearest branch and is flagged when branch costs differ, because its
 cost depends on runtime data.
+
+Per-branch accounting (``collective_bytes(compiled, taken=...)``): XLA keeps each
+instruction's Python stack (the ``StackFrames`` table of the HLO text), so a branch
+computation is known by the functions its instructions were traced in. ``taken`` maps
+a function name (the last component of its qualified name, e.g. ``"refresh"``) to
+whether the branch traced in that function runs this step; a two-branch conditional
+with exactly one branch traced in such a function counts that branch or the other.
+This is how the harness logs the bytes of the branch a step took (e.g. a FOSI/DHO2
+refresh step vs a plain step) from the one compiled program.
 """
 from __future__ import annotations
 
@@ -65,6 +74,7 @@ class CommReport:
   collectives: tuple[Collective, ...]
   notes: tuple[str, ...]
   num_devices: int
+  unattributed: tuple[str, ...] = ()  # conditionals with differing branch costs that ``taken`` did not decide
 
   def of_kind(self, kind: str) -> tuple[Collective, ...]:
     return tuple(c for c in self.collectives if c.kind == kind)
@@ -116,23 +126,61 @@ def _hlo_text(compiled: Any) -> str:
   raise TypeError(f"expected compiled program or HLO text, got {type(compiled).__name__}")
 
 
-def collective_bytes(compiled: Any) -> CommReport:
+_TABLE_ROW = re.compile(r"^(\d+) (.*)$")
+
+
+def _frame_functions(text: str) -> dict[int, frozenset[str]]:
+  """stack_frame_id -> short names of every function on that frame's stack (HLO text tables)."""
+  tables: dict[str, dict[int, str]] = {}
+  section = None
+  for line in text.splitlines():
+    if line in ("FileNames", "FunctionNames", "FileLocations", "StackFrames"):
+      section = line
+      tables[section] = {}
+      continue
+    row = _TABLE_ROW.match(line) if section else None
+    if row is None:
+      section = None if line.startswith(("HloModule", "ENTRY", "%")) else section
+      continue
+    tables[section][int(row.group(1))] = row.group(2)
+  names = {i: v.strip('"').split(".")[-1] for i, v in tables.get("FunctionNames", {}).items()}
+  location = {i: int(re.search(r"function_name_id=(\d+)", v).group(1))
+              for i, v in tables.get("FileLocations", {}).items()}
+  frames = {}
+  for i, v in tables.get("StackFrames", {}).items():
+    loc = int(re.search(r"file_location_id=(\d+)", v).group(1))
+    parent = int(re.search(r"parent_frame_id=(\d+)", v).group(1)) - 1   # stored 1-based, 0 = root
+    frames[i] = (names.get(location.get(loc)), parent)
+  result: dict[int, frozenset[str]] = {}
+  for i in frames:
+    found, j = set(), i
+    while j in frames and j not in found:
+      found.add(j)
+      j = frames[j][1]
+    result[i] = frozenset(frames[f][0] for f in found if frames[f][0])
+  return result
+
+
+def collective_bytes(compiled: Any, taken: dict[str, bool] | None = None) -> CommReport:
   """Counts the collective bytes of a compiled program (see module docstring).
 
   Args:
     compiled: a `jax.stages.Compiled` (``jax.jit(f).lower(...).compile()``) or its
       ``as_text()``.
+    taken: optional ``{function name: runs this step}``; conditionals whose branches it
+      identifies count the branch the step takes instead of the dearest.
   """
   text = _hlo_text(compiled)
   m = re.search(r"num_partitions=(\d+)", text)
   num_devices = int(m.group(1)) if m else 1
   ops: dict[str, list[tuple]] = {}
   calls: dict[str, list[tuple]] = {}
+  frames_of: dict[str, set[int]] = {}     # computation -> stack frames of its instructions
   entry, current = None, None
   for line in text.splitlines():
     if line and not line[0].isspace() and line.rstrip().endswith("{") and not line.startswith("HloModule"):
       current = re.match(r"(?:ENTRY\s+)?%?([\w.\-]+)", line).group(1)
-      ops[current], calls[current] = [], []
+      ops[current], calls[current], frames_of[current] = [], [], set()
       if line.startswith("ENTRY"):
         entry = current
       continue
@@ -140,6 +188,9 @@ def collective_bytes(compiled: Any) -> CommReport:
     if not match:
       continue
     _, shape, op, rest = match.groups()
+    frame = re.search(r"stack_frame_id=(\d+)", rest)
+    if frame:
+      frames_of[current].add(int(frame.group(1)))
     kind = op.removesuffix("-start")
     if kind in KINDS and not op.endswith("-done"):
       sizes = _array_sizes(shape)
@@ -157,11 +208,37 @@ def collective_bytes(compiled: Any) -> CommReport:
       names = (re.findall(r"%?([\w.\-]+)", branches.group(1)) if branches
                else re.findall(r"(?:true|false)_computation=%?([\w.\-]+)", rest))
       calls[current].append(("cond", names, 1))
-    else:
-      for callee in re.findall(r"(?:calls|to_apply)=%?([\w.\-]+)", rest):
-        calls[current].append(("call", [callee], 1))
+    for callee in re.findall(r"(?:calls|to_apply)=%?([\w.\-]+)", rest):
+      calls[current].append(("call", [callee], 1))
 
   notes: list[str] = []
+  unattributed: list[str] = []
+  frame_functions = _frame_functions(text) if taken is not None else {}
+  function_cache: dict[str, frozenset[str]] = {}
+
+  def functions(comp: str) -> frozenset[str]:
+    """Functions the instructions of ``comp`` (and of everything it calls) were traced in."""
+    if comp not in function_cache:
+      function_cache[comp] = frozenset()
+      names = set()
+      for f in frames_of.get(comp, ()):
+        names |= frame_functions.get(f, frozenset())
+      for _, targets, _ in calls.get(comp, []):
+        for t in targets:
+          names |= functions(t)
+      function_cache[comp] = frozenset(names)
+    return function_cache[comp]
+
+  def chosen_branch(targets: list[str]) -> int | None:
+    """Index of the branch ``taken`` selects, or None when it does not identify one."""
+    if not taken or len(targets) != 2:
+      return None
+    owned = [functions(t) for t in targets]
+    for name, runs in taken.items():
+      hits = [i for i, fs in enumerate(owned) if name in fs]
+      if len(hits) == 1:
+        return hits[0] if runs else 1 - hits[0]
+    return None
 
   def visit(comp: str, mult: int) -> list[Collective]:
     found = [Collective(k, s, n, p, w, mult, comp) for k, s, n, p, w in ops.get(comp, [])]
@@ -171,10 +248,18 @@ def collective_bytes(compiled: Any) -> CommReport:
           notes.append(f"{comp}: while loop with unknown trip count, counted once")
         found += visit(targets[0], mult * (k or 1))
       elif how == "cond":
-        branches = [visit(t, mult) for t in targets if t in ops]
+        targets = [t for t in targets if t in ops]
+        branches = [visit(t, mult) for t in targets]
         costs = [sum(c.payload * c.count for c in b) for b in branches]
+        pick = chosen_branch(targets)
+        if pick is not None:
+          found += branches[pick]
+          continue
         if len(set(costs)) > 1:
           notes.append(f"{comp}: conditional with branch payloads {costs}; the largest is counted")
+          if taken is not None:
+            unattributed.append(f"{comp}: branches {costs} traced in "
+                                f"{[sorted(functions(t) - functions(comp)) for t in targets]}")
         if branches:
           found += max(branches, key=lambda b: sum(c.payload * c.count for c in b))
       elif targets[0] in ops:
@@ -185,7 +270,8 @@ def collective_bytes(compiled: Any) -> CommReport:
   return CommReport(
       payload=sum(c.payload * c.count for c in collectives),
       wire=sum(c.wire * c.count for c in collectives),
-      collectives=collectives, notes=tuple(notes), num_devices=num_devices)
+      collectives=collectives, notes=tuple(notes), num_devices=num_devices,
+      unattributed=tuple(unattributed))
 
 
 def step_bytes(fn, *args, **kwargs) -> CommReport:
