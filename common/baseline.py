@@ -14,8 +14,8 @@ import optax
 from jax import lax
 
 from common.errors import ConfigError
+from common.fields import OPTIMIZERS  # noqa: F401 (re-exported)
 
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 
 
 class AllReduceMeanState(NamedTuple):

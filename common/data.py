@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from common.errors import ConfigError
+from common.fields import DATASETS  # noqa: F401 (re-exported)
 
-DATASETS = ("digits", "breast_cancer", "synthetic", "sparse_logistic", "svmlight:<path>")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,9 @@
-"""The one exception type a user sees for bad input to the harness."""
+"""The exceptions a user sees for bad input or a failed run, and ``launch.py``'s exit codes."""
+
+EXIT_OK = 0
+EXIT_CONFIG = 2      # bad command line, config or workdir: one line naming the field or flag
+EXIT_NONFINITE = 3   # loss or parameters stopped being finite; the last good checkpoint is kept
+EXIT_PEER = 4        # multi-process: a peer process died, never joined, or a step hung
 
 
 class ConfigError(ValueError):
@@ -7,3 +12,15 @@ class ConfigError(ValueError):
   def __init__(self, field: str, message: str):
     self.field = field
     super().__init__(f"config.{field}: {message}")
+
+
+class FlagError(ValueError):
+  """A bad command-line flag (or workdir): the message names the flag and what is allowed."""
+
+  def __init__(self, flag: str, message: str):
+    self.flag = flag
+    super().__init__(f"--{flag}: {message}")
+
+
+class PeerError(RuntimeError):
+  """Multi-process: a peer process is gone (or never joined); the message names it or the step."""

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from absl import logging
 from jax.sharding import AxisType, NamedSharding
 
-from common.errors import ConfigError
+from common.errors import ConfigError, PeerError
 
 AXIS = "data"
 
 
 def configure_devices(num_devices: int, *, x64: bool = False, num_processes: int = 1,
                       process_id: int = 0, coordinator: str | None = None,
-                      heartbeat_timeout_s: int = 20, init_timeout_s: int = 60) -> None:
+                      heartbeat_timeout_s: int = 30, init_timeout_s: int = 60) -> None:
   """Sets simulated CPU device count and x64, and joins the distributed runtime if asked.
 
   Args:
@@ -25,6 +26,12 @@ def configure_devices(num_devices: int, *, x64: bool = False, num_processes: int
       process simulates ``num_devices // num_processes`` devices.
     x64: enable float64.
     num_processes, process_id, coordinator: multi-process run on JAX's own runtime.
+    heartbeat_timeout_s: a peer silent this long counts as lost (``--peer_timeout``).
+    init_timeout_s: how long to wait for every process to join (``--init_timeout``).
+
+  Raises:
+    ConfigError for a device count that does not split; PeerError when not every process
+    joined within ``init_timeout_s``.
   """
   if num_devices < 0:
     raise ConfigError("num_devices", f"must be >= 0 (0 = all available), got {num_devices}")
@@ -36,9 +43,17 @@ def configure_devices(num_devices: int, *, x64: bool = False, num_processes: int
   if num_processes > 1:
     if not coordinator:
       raise ConfigError("coordinator", "a multi-process run needs --coordinator host:port")
-    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                               process_id=process_id, initialization_timeout=init_timeout_s,
-                               heartbeat_timeout_seconds=heartbeat_timeout_s)
+    logging.info("process %d of %d: waiting up to %d s (--init_timeout) for every process at %s",
+                 process_id, num_processes, init_timeout_s, coordinator)
+    try:
+      jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                                 process_id=process_id, initialization_timeout=init_timeout_s,
+                                 heartbeat_timeout_seconds=heartbeat_timeout_s)
+    except Exception as e:  # JaxRuntimeError DEADLINE_EXCEEDED / UNAVAILABLE with a long dump
+      raise PeerError(f"process {process_id}: the {num_processes} processes did not join within "
+                      f"--init_timeout={init_timeout_s} s at {coordinator} ({str(e).splitlines()[0][:120]}); "
+                      f"start each with the same --coordinator and --num_processes") from None
+    logging.info("process %d: all %d processes joined", process_id, num_processes)
 
 
 def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:

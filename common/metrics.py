@@ -1,4 +1,4 @@
-"""JSON-lines metrics, a chronometer for steps/s and ETA, and human-readable byte sizes."""
+"""JSON-lines metrics (one line per step, cut back on resume), a steady-rate chronometer, readable sizes."""
 from __future__ import annotations
 
 import json
@@ -13,6 +13,24 @@ class MetricWriter:
   def __init__(self, workdir: str | None, enabled: bool = True):
     self.path = os.path.join(workdir, "metrics.jsonl") if workdir and enabled else None
 
+  def truncate(self, step: int) -> int:
+    """Keeps only the lines of steps <= ``step`` (the restored checkpoint); returns how many were dropped.
+
+    Rewritten through a temporary file and an atomic rename, so a kill during the rewrite leaves
+    either the old or the new file.
+    """
+    if self.path is None or not os.path.exists(self.path):
+      return 0
+    with open(self.path) as f:
+      lines = [line for line in f if line.strip()]
+    kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= step]
+    if len(kept) != len(lines):
+      tmp = self.path + ".tmp"
+      with open(tmp, "w") as f:
+        f.writelines(kept)
+      os.replace(tmp, self.path)
+    return len(lines) - len(kept)
+
   def write(self, step: int, **values) -> None:
     if self.path is None:
       return
@@ -24,32 +42,43 @@ class MetricWriter:
       f.write(json.dumps(record) + "\n")
 
 
+def _step_of(line: str) -> int | None:
+  try:
+    return int(json.loads(line)["step"])
+  except (ValueError, KeyError, TypeError):
+    return None   # a line cut by a kill mid-write
+
+
 def read_metrics(workdir: str) -> list[dict]:
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [json.loads(line) for line in f if line.strip()]
 
 
 class Chronometer:
-  """Steps/s and ETA that exclude compile time: timing starts at the first completed step."""
+  """Steady steps/s and ETA from the steps' own durations.
 
-  def __init__(self, total_steps: int, first_step: int = 0):
+  Only the time inside ``compiled(...)`` and the metric fetch counts (``add``): compile,
+  evaluation and checkpoint time are reported separately. The first step of a run is left
+  out once there are others (it pays one-off allocation).
+  """
+
+  def __init__(self, total_steps: int):
     self.total = total_steps
-    self.start_step = None
-    self.start_time = None
-    self.first_step = first_step
+    self.durations: list[float] = []
 
-  def tick(self, step: int) -> None:
-    """Call after step ``step`` (1-based count of finished steps) has completed."""
-    if self.start_step is None:
-      self.start_step, self.start_time = step, time.perf_counter()
+  def add(self, seconds: float) -> None:
+    self.durations.append(seconds)
 
-  def rate(self, step: int) -> float:
-    if self.start_step is None or step <= self.start_step:
-      return float("nan")
-    return (step - self.start_step) / (time.perf_counter() - self.start_time)
+  @property
+  def total_s(self) -> float:
+    return float(sum(self.durations))
+
+  def rate(self) -> float:
+    steady = self.durations[1:] or self.durations
+    return len(steady) / sum(steady) if steady and sum(steady) > 0 else float("nan")
 
   def eta_s(self, step: int) -> float:
-    r = self.rate(step)
+    r = self.rate()
     return (self.total - step) / r if r == r and r > 0 else float("nan")
 
 

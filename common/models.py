@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import optax
 
 from common.errors import ConfigError
+from common.fields import MODELS  # noqa: F401 (re-exported)
 
-MODELS = ("softmax", "mlp", "logistic")
 
 
 class MLP(nn.Module):

@@ -30,9 +30,9 @@ import numpy as np
 import optax
 from absl import logging
 
-from common import algos, comm, data, mesh as mesh_lib, models
+from common import algos, comm, data, fields, mesh as mesh_lib, models
 from common.algos.base import AXIS, BuildContext, Method, replicated_specs
-from common.errors import ConfigError
+from common.errors import EXIT_PEER, ConfigError, FlagError, PeerError
 from common.metrics import Chronometer, MetricWriter, human_bytes, human_time
 
 
@@ -52,28 +52,14 @@ class RunResult:
 
 
 # ----------------------------------------------------------------------------- validation
-def _positive_int(config, field):
-  value = config[field]
-  if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-    raise ConfigError(field, f"must be a positive integer, got {value!r}")
-
-
 def validate(config: ml_collections.ConfigDict, *, available_devices: int | None = None) -> data.Dataset:
   """Checks every field the harness uses and the algorithm's own; returns the dataset.
 
-  Raises ConfigError naming the field and what is allowed. Runs before any compilation.
+  Raises ConfigError naming the field and what is allowed. Runs before any compilation:
+  first the JAX-free checks of ``common.fields``, then the ones that need the device count,
+  the data, the model or the algorithm package.
   """
-  for field in ("batch_size", "num_steps", "log_every"):
-    _positive_int(config, field)
-  for field in ("eval_every", "checkpoint_every", "num_devices"):
-    if not isinstance(config[field], int) or config[field] < 0:
-      raise ConfigError(field, f"must be an integer >= 0, got {config[field]!r}")
-  if not config.lr > 0:
-    raise ConfigError("lr", f"must be > 0, got {config.lr}")
-  if not 0 < config.test_fraction < 1:
-    raise ConfigError("test_fraction", f"must be in (0, 1), got {config.test_fraction}")
-  if config.model == "mlp" and (not config.widths or any(int(w) <= 0 for w in config.widths)):
-    raise ConfigError("widths", f"mlp needs positive hidden widths, got {tuple(config.widths)}")
+  fields.check(config)
   num_devices = config.num_devices or available_devices or 1
   if available_devices is not None and config.num_devices > available_devices:
     raise ConfigError("num_devices", f"{config.num_devices} devices requested but only "
@@ -82,15 +68,6 @@ def validate(config: ml_collections.ConfigDict, *, available_devices: int | None
     raise ConfigError("batch_size", f"global batch {config.batch_size} is not divisible by "
                       f"{num_devices} devices; use a multiple of {num_devices}")
   adapter = algos.get(config.algorithm)
-  from common import baseline
-  if config.optimizer not in baseline.OPTIMIZERS:
-    raise ConfigError("optimizer", f"unknown optimizer {config.optimizer!r}; allowed: "
-                      f"{', '.join(baseline.OPTIMIZERS)}")
-  if config.model not in models.MODELS:
-    raise ConfigError("model", f"unknown model {config.model!r}; allowed: {', '.join(models.MODELS)}")
-  for field in ("num_classes", "num_features", "num_rows"):
-    if config.dataset in ("synthetic", "sparse_logistic"):
-      _positive_int(config, field)
   dataset = load_dataset(config)
   if dataset.num_train < num_devices:
     raise ConfigError("dataset", f"{dataset.num_train} training rows cannot feed {num_devices} devices")
@@ -205,16 +182,16 @@ def _eval_fn(model):
 
 # ----------------------------------------------------------------------------- running
 class _Watchdog:
-  """Exits the process if no step completes for ``timeout_s`` (a dead peer in multi-process runs)."""
+  """Exits the process if no step completes for ``timeout_s`` (a hung peer in multi-process runs)."""
 
   def __init__(self, timeout_s: float):
-    self.timeout_s, self.last = timeout_s, time.monotonic()
+    self.timeout_s, self.last, self.step = timeout_s, time.monotonic(), 0
     self._stop = threading.Event()
     if timeout_s > 0:
       threading.Thread(target=self._watch, daemon=True).start()
 
-  def beat(self):
-    self.last = time.monotonic()
+  def beat(self, step: int):
+    self.last, self.step = time.monotonic(), step
 
   def stop(self):
     self._stop.set()
@@ -222,9 +199,10 @@ class _Watchdog:
   def _watch(self):
     while not self._stop.wait(1.0):
       if time.monotonic() - self.last > self.timeout_s:
-        logging.error("no step finished in %.0f s: a peer process is gone or hung; exiting", self.timeout_s)
+        logging.error("error: step %d did not finish within --step_timeout=%.0f s: a peer process is gone or "
+                      "hung; exiting with code %d", self.step + 1, self.timeout_s, EXIT_PEER)
         logging.flush()
-        os._exit(3)
+        os._exit(EXIT_PEER)
 
 
 def _write_json(path, obj):
@@ -238,9 +216,60 @@ def save_params(path: str, params) -> None:
   np.savez(path, **flat)
 
 
+@dataclasses.dataclass(frozen=True)
+class StepBytes:
+  """Measured payload per device of each branch a step can take (``Method.branches``).
+
+  ``of(step)`` is the payload of the branch step ``step`` (1-based) takes; ``largest`` is the
+  compiled program's dearest branch (what the plain counter reports).
+  """
+  largest: float
+  by_branch: dict
+  branch_of: Any
+
+  def of(self, step: int) -> float:
+    return self.by_branch[self.branch_of(step)] if self.branch_of else self.largest
+
+  def cumulative(self, step: int) -> float:
+    if not self.branch_of:
+      return self.largest * step
+    return float(sum(self.of(t) for t in range(1, step + 1)))
+
+
+def measure_branches(method: Method, compiled, report: comm.CommReport) -> StepBytes:
+  """Each branch's payload from the compiled program (``comm.collective_bytes(taken=...)``).
+
+  Raises RuntimeError when the method declares branches but a conditional with differing
+  costs is not decided by them (the byte log would otherwise be a guess).
+  """
+  if not method.branches:
+    return StepBytes(report.payload, {}, None)
+  text = compiled.as_text()
+  by_branch = {}
+  for label, taken in method.branches.items():
+    measured = comm.collective_bytes(text, taken)
+    if measured.unattributed:
+      raise RuntimeError(f"cannot attribute the compiled step's conditionals to branch {label!r} "
+                         f"({taken}): {'; '.join(measured.unattributed)}")
+    by_branch[label] = measured.payload
+  return StepBytes(report.payload, by_branch, method.branch_of)
+
+
+@dataclasses.dataclass
+class _Timers:
+  eval_s: float = 0.0
+  checkpoint_s: float = 0.0
+
+
 def run(config: ml_collections.ConfigDict, workdir: str | None = None, *, quiet: bool = False,
         step_timeout_s: float = 0, stop_after: int | None = None) -> RunResult:
   """Validates, builds and runs ``config``; see the module docstring.
+
+  With a ``workdir``, the config is compared with the stored ``config.json`` before anything there
+  is touched (``fields.check_resume``), the run resumes from the latest checkpoint, ``metrics.jsonl``
+  is cut back to that step (one line per step after any number of kills), and a final checkpoint
+  is written even when ``checkpoint_every`` is 0, so rerunning a finished run resumes it (or says
+  that nothing ran).
 
   Args:
     config: experiment config (``configs/common.py`` fields).
@@ -252,17 +281,25 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None, *, quiet:
   """
   dataset = validate(config, available_devices=jax.device_count())
   primary = jax.process_index() == 0
+  say = logging.info if primary and not quiet else (lambda *a: None)
+  changed = fields.check_resume(config, workdir)
+  for field, (old, new) in changed.items():
+    say("resume: config.%s %r -> %r (allowed: it only schedules the loop)", field, old, new)
   exp = build(config, dataset)
-  if workdir and primary:
-    os.makedirs(workdir, exist_ok=True)
-    _write_json(os.path.join(workdir, "config.json"), config.to_dict())
-  writer = MetricWriter(workdir, enabled=primary)
   ckpt = None
-  if workdir and config.checkpoint_every:
+  if workdir:
     from common.checkpoint import Checkpointer
     ckpt = Checkpointer(workdir)
+  start = (ckpt.latest_step() or 0) if ckpt else 0
+  if start >= config.num_steps:
+    return _nothing_to_run(exp, ckpt, start, workdir, say)
+  if workdir and primary:
+    _write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  writer = MetricWriter(workdir, enabled=primary)
+  dropped = writer.truncate(start)
+  if dropped:
+    say("metrics.jsonl: dropped %d line(s) after step %d (written after the last checkpoint)", dropped, start)
 
-  say = logging.info if primary and not quiet else (lambda *a: None)
   num_devices = exp.mesh.shape[AXIS]
   say("%s | %s | %s on %d %s devices (%d process(es)) | %d params",
       config.algorithm, exp.method.describe or "", config.model, num_devices, jax.default_backend(),
@@ -272,49 +309,60 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None, *, quiet:
   compiled = exp.compile()
   compile_s = time.perf_counter() - t0
   report = comm.collective_bytes(compiled)
-  say("compiled in %.2f s; measured %s/device/step (wire %s); analytic %s",
-      compile_s, human_bytes(report.payload), human_bytes(report.wire),
+  sent = measure_branches(exp.method, compiled, report)
+  branches = "".join(f"; {label} {human_bytes(b)}" for label, b in sent.by_branch.items())
+  say("compiled in %.2f s; measured %s/device/step (largest branch; wire %s)%s; analytic %s",
+      compile_s, human_bytes(report.payload), human_bytes(report.wire), branches,
       human_bytes(exp.method.analytic_payload) if exp.method.analytic_payload is not None else "n/a")
   for note in report.notes:
     say("comm note: %s", note)
 
-  params, opt_state, start = exp.params, exp.opt_state, 0
-  if ckpt is not None and ckpt.latest_step() is not None:
-    start = ckpt.latest_step()
-    restored = ckpt.restore(start, {"params": params, "opt_state": opt_state})
-    params, opt_state = restored["params"], restored["opt_state"]
+  params, opt_state = exp.params, exp.opt_state
+  if start:
+    params, opt_state = _restore(ckpt, start, params, opt_state)
     say("resumed from checkpoint at step %d in %s", start, ckpt.dir)
 
   history: list[dict] = []
   chrono = Chronometer(config.num_steps)
+  timers = _Timers()
   watchdog = _Watchdog(step_timeout_s)
-  status, last_good = "ok", start
-  step = start
+  status, last_good, step = "ok", start, start
+  cum_bytes = sent.cumulative(start)
   try:
     for step in range(start + 1, config.num_steps + 1):
-      params, opt_state, metrics = compiled(params, opt_state, exp.shard, exp.key(step))
-      metrics = {k: float(mesh_lib.fetch(v)) for k, v in metrics.items()}  # blocks every step
-      watchdog.beat()
-      chrono.tick(step)
+      t_step = time.perf_counter()
+      try:
+        params, opt_state, metrics = compiled(params, opt_state, exp.shard, exp.key(step))
+        metrics = {k: float(mesh_lib.fetch(v)) for k, v in metrics.items()}  # blocks every step
+      except jax.errors.JaxRuntimeError as e:
+        if jax.process_count() == 1:
+          raise
+        raise PeerError(f"step {step}: a collective failed ({str(e).splitlines()[0][:160]}); a peer process "
+                        f"is gone. {_last_checkpoint(ckpt, last_good)}") from None
+      chrono.add(time.perf_counter() - t_step)
+      watchdog.beat(step)
       if not (np.isfinite(metrics["loss"]) and np.isfinite(metrics["param_norm"])):
         status = "nan"
         raise NonFiniteError(
-            f"step {step}: loss={metrics['loss']} param_norm={metrics['param_norm']} is not finite; "
-            + (f"stopped. Last good checkpoint: step {last_good} in {ckpt.dir}"
-               if ckpt and ckpt.latest_step() is not None else "stopped. No checkpoint was written yet")
-            + ". Lower --config.lr or check the data.")
-      record = dict(metrics, bytes=report.payload, cum_bytes=report.payload * step)
+            f"step {step}: loss={metrics['loss']} param_norm={metrics['param_norm']} is not finite; stopped. "
+            f"{_last_checkpoint(ckpt, last_good)}. Lower --config.lr or check the data.")
+      cum_bytes += sent.of(step)
+      record = dict(metrics, bytes=sent.of(step), cum_bytes=cum_bytes)
       if config.eval_every and (step % config.eval_every == 0 or step == config.num_steps):
+        t_eval = time.perf_counter()
         record.update(evaluate(exp, params))
+        timers.eval_s += time.perf_counter() - t_eval
       writer.write(step, **record)
       history.append(dict(record, step=step))
-      if step % config.log_every == 0 or step == config.num_steps:
-        rate = chrono.rate(step)
+      if step % config.log_every == 0 or step == config.num_steps or step == start + 1:
         extra = "".join(f" {k}={record[k]:.4f}" for k in ("test_accuracy",) if k in record)
         say("step %d/%d loss=%.5f%s | %.1f steps/s, ETA %s | %s/step", step, config.num_steps,
-            metrics["loss"], extra, rate, human_time(chrono.eta_s(step)), human_bytes(report.payload))
-      if ckpt is not None and (step % config.checkpoint_every == 0 or step == config.num_steps):
+            metrics["loss"], extra, chrono.rate(), human_time(chrono.eta_s(step)), human_bytes(sent.of(step)))
+      if ckpt is not None and ((config.checkpoint_every and step % config.checkpoint_every == 0)
+                               or step == config.num_steps):
+        t_ckpt = time.perf_counter()
         ckpt.save(step, {"params": params, "opt_state": opt_state})
+        timers.checkpoint_s += time.perf_counter() - t_ckpt
         last_good = step
       if stop_after is not None and step >= stop_after:
         break
@@ -323,15 +371,56 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None, *, quiet:
     if ckpt is not None:
       ckpt.close()
 
+  t_eval = time.perf_counter()
   final = evaluate(exp, params)
-  final.update(step=step, compile_s=compile_s, steps_per_s=chrono.rate(step),
-               bytes_per_step=report.payload, wire_bytes_per_step=report.wire,
+  timers.eval_s += time.perf_counter() - t_eval
+  ran = step - start
+  final.update(step=step, steps_run=ran, compile_s=compile_s, steps_per_s=chrono.rate(),
+               step_time_s=chrono.total_s, eval_s=timers.eval_s, checkpoint_s=timers.checkpoint_s,
+               bytes_per_step=report.payload, max_bytes_per_step=report.payload,
+               mean_bytes_per_step=cum_bytes / step if step else 0.0, cum_bytes=cum_bytes,
+               bytes_per_branch=sent.by_branch or None, wire_bytes_per_step=report.wire,
                analytic_bytes_per_step=exp.method.analytic_payload, num_devices=num_devices,
                num_processes=jax.process_count(), algorithm=config.algorithm, status=status)
   if workdir and primary:
     _write_json(os.path.join(workdir, "summary.json"), final)
     save_params(os.path.join(workdir, "final_params.npz"), params)
-  say("done: step %d | train loss %.5f | test loss %.5f | test accuracy %.4f | %s/step | %.1f steps/s",
+  say("done: step %d | train loss %.5f | test loss %.5f | test accuracy %.4f | %s/step mean (largest %s) | "
+      "%.1f steps/s over %d steps (eval %.2f s, checkpoints %.2f s, compile %.2f s)",
       step, final["train_loss"], final["test_loss"], final["test_accuracy"],
-      human_bytes(report.payload), final["steps_per_s"])
+      human_bytes(final["mean_bytes_per_step"]), human_bytes(report.payload), final["steps_per_s"], ran,
+      timers.eval_s, timers.checkpoint_s, compile_s)
   return RunResult(params, opt_state, step, history, final, report, status)
+
+
+def _last_checkpoint(ckpt, last_good: int) -> str:
+  if ckpt is not None and ckpt.latest_step() is not None:
+    return f"Last good checkpoint: step {ckpt.latest_step()} in {ckpt.dir}"
+  return "No checkpoint was written yet"
+
+
+def _restore(ckpt, step: int, params, opt_state):
+  """The checkpoint at ``step`` in this run's shapes; a mismatch is a ConfigError, not a traceback."""
+  try:
+    restored = ckpt.restore(step, {"params": params, "opt_state": opt_state})
+  except (ValueError, KeyError, TypeError) as e:
+    raise FlagError("workdir", f"the checkpoint at step {step} in {ckpt.dir} does not fit this config's "
+                      f"parameters or optimizer state ({str(e).splitlines()[0][:200]}); use a new --workdir") from None
+  return restored["params"], restored["opt_state"]
+
+
+def _nothing_to_run(exp: Experiment, ckpt, start: int, workdir: str, say) -> RunResult:
+  """A rerun of a finished run: restores the final state, logs that nothing ran, touches no file."""
+  say("nothing ran: %s already holds step %d and num_steps is %d (raise --config.num_steps to continue)",
+      workdir, start, exp.config.num_steps)
+  try:
+    params, opt_state = _restore(ckpt, start, exp.params, exp.opt_state)
+  finally:
+    ckpt.close()
+  summary = os.path.join(workdir, "summary.json")
+  final = {}
+  if os.path.exists(summary):
+    with open(summary) as f:
+      final = json.load(f)
+  return RunResult(params, opt_state, start, [], final, comm.CommReport(0, 0, (), (), exp.mesh.shape[AXIS]),
+                   "nothing_ran")

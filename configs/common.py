@@ -10,7 +10,8 @@ Usage in an experiment file::
       return config
 
 Algorithm-specific fields live under ``config.algo`` (``--config.algo.<field>=...``), filled from
-the algorithm adapter's ``default_config()``.
+the algorithm's defaults (``common/algos/defaults.py``; no JAX import, so a bad command line
+fails fast).
 """
 import ml_collections
 
@@ -46,7 +47,7 @@ def base_config(algorithm: str = "dense") -> ml_collections.ConfigDict:
   c.log_every = 100
   c.eval_every = 250
   c.checkpoint_every = 500     # 0 disables checkpoints
-  c.algo = algos.get(algorithm).default_config()
+  c.algo = algos.default_config(algorithm)
   return c
 
 

@@ -64,12 +64,20 @@ class Method:
     analytic_payload: bytes each device sends per step according to the algorithm's own
       accounting; logged next to the counter's measurement (None: not declared).
     describe: one line shown at start-up.
+    branches: for a step with conditionals whose collectives differ (e.g. a curvature refresh),
+      ``{label: {function name: runs}}``: each kind of step and which traced functions' branches
+      it runs (``common.comm.collective_bytes(taken=...)`` measures each from the compiled step).
+    branch_of: ``step (1-based) -> label`` of the branch that step takes (deterministic schedule).
+    analytic_branches: ``{label: bytes}``, the algorithm's own accounting of each branch.
   """
   init_state: Callable[[Any, jax.Array], Any]
   local_step: LocalStep
   state_specs: Callable[[Any], Any] | None = None
   analytic_payload: float | None = None
   describe: str = ""
+  branches: dict[str, dict[str, bool]] | None = None
+  branch_of: Callable[[int], str] | None = None
+  analytic_branches: dict[str, float] | None = None
 
 
 def on_marked(fn: Callable, tree, marks):

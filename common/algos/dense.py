@@ -1,14 +1,13 @@
 """Adapter: dense data-parallel baseline (``config.algorithm = "dense"``)."""
 from __future__ import annotations
 
-import ml_collections
 
+from common.algos import defaults
 from common import baseline
 from common.algos.base import BuildContext, Method, local_gradient_method
 
 
-def default_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict()
+default_config = defaults.dense
 
 
 def validate(config, dataset) -> None:

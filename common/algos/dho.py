@@ -15,11 +15,13 @@ at the params) is not used (``dho2`` recomputes it at each replica's iterate).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
-import ml_collections
 import numpy as np
 
 import dho
+from common.algos import defaults
 from common import baseline, models
 from common.algos.base import BuildContext, Method, local_gradient_method, param_count
 from common.errors import ConfigError
@@ -28,27 +30,7 @@ VARIANTS = ("dho2", "fosi")
 ADMM = ("none", "reference", "consensus")
 
 
-def default_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.variant = "dho2"
-  c.k = 10                  # largest eigenpairs
-  c.l = 0                   # smallest eigenpairs
-  c.m = 0                   # Lanczos iterations; 0 = 4 (k + l)
-  c.refresh_every = 100     # T
-  c.warmup = -1             # W (first refresh at call W-1); -1 = default (fosi: T, dho2: 1)
-  c.alpha = 0.01
-  c.scale_clip = 3.0        # c_max (fosi_adam preset uses 1)
-  c.momentum = "heavy_ball"  # heavy_ball | ema | nesterov | none (Newton-part momentum)
-  c.decay = 0.9
-  c.lanczos_seed = 0
-  c.eig_floor = 0.0
-  c.eig_shift = 0.0
-  c.admm = "none"           # none | reference | consensus (dho2 only)
-  c.admm_period = 0         # steps; 0 = refresh_every
-  c.admm_sigma = 5e-9       # reference rule's sigma
-  c.admm_rho = 0.0          # consensus penalty rho; 0 = unset (consensus requires rho > 0)
-  c.curvature_delay = 0     # MR-DHO2 emulation (dho2 only)
-  return c
+default_config = defaults.dho
 
 
 def _num_params(config, dataset) -> int:
@@ -121,6 +103,37 @@ def make_tx(config, ctx: BuildContext):
                   curvature_delay=a.curvature_delay, **common)
 
 
+def schedule(config):
+  """``step (1-based) -> {traced function: runs}`` for the step's conditionals (``dho/fosi.py``).
+
+  Refresh at 0-based calls ``W-1, W-1+T, ...`` (function ``refresh``); before ``W + D`` calls
+  the base step runs alone (the FOSI direction, function ``hybrid``, does not); with
+  ``admm="consensus"`` call ``c`` ends a period when ``(c + 1) % tau == 0`` (function ``sync``).
+  """
+  a = config.algo
+  r, period = a.k + a.l, a.refresh_every
+  warmup = a.warmup if a.warmup >= 0 else (period if a.variant == "fosi" else 1)
+  consensus = a.variant == "dho2" and a.admm == "consensus"
+  tau = a.admm_period or a.refresh_every
+
+  def flags(step: int) -> dict[str, bool]:
+    calls = step   # count + 1 at the step's update
+    due = r > 0 and calls >= warmup and (calls - warmup) % period == 0
+    if consensus:
+      return {"refresh": due, "sync": calls % tau == 0}
+    return {"refresh": due, "hybrid": r > 0 and calls >= warmup + a.curvature_delay}
+  return flags
+
+
+def branch_label(flags: dict[str, bool]) -> str:
+  """``plain`` / ``warmup`` / ``local`` / ``consensus``, prefixed ``refresh+`` on refresh steps."""
+  if "sync" in flags:
+    base = "consensus" if flags["sync"] else "local"
+  else:
+    base = "plain" if flags["hybrid"] else "warmup"
+  return f"refresh+{base}" if flags["refresh"] else base
+
+
 def build(config, ctx: BuildContext) -> Method:
   a = config.algo
   tx = make_tx(config, ctx)
@@ -128,27 +141,35 @@ def build(config, ctx: BuildContext) -> Method:
   lanczos_bytes = 8 if config.x64 else 4
   pbytes = int(np.dtype(jax.tree.leaves(ctx.params)[0].dtype).itemsize)
   sharded = a.variant == "dho2"
+  consensus = sharded and a.admm == "consensus"
   kw = dict(k=a.k, l=a.l, m=a.m or None, num_shards=ctx.num_devices, sharded=sharded,
-            param_bytes=pbytes, lanczos_bytes=lanczos_bytes)
-  if sharded and a.admm == "consensus":
+            param_bytes=pbytes, lanczos_bytes=lanczos_bytes, admm="consensus" if consensus else None)
+  flags = schedule(config)
+  # every combination of the conditionals' branches, with the algorithm's own byte count
+  projections = 3 * (a.k + a.l) * pbytes if sharded and ctx.num_devices > 1 else 0   # the 3 r-float psums
+  branches, analytic = {}, {}
+  for refresh in (False, True):
+    for second in (False, True):
+      f = {"refresh": refresh, "sync" if consensus else "hybrid": second}
+      label = branch_label(f)
+      branches[label] = f
+      if consensus:
+        analytic[label] = dho.payload_bytes(n, refresh=refresh, consensus_step=second, **kw)
+      else:
+        analytic[label] = dho.payload_bytes(n, refresh=refresh, **kw) - (0 if second else projections)
+  largest = max(analytic.values())
+  if consensus:
     tau = a.admm_period or a.refresh_every
-    kw["admm"] = "consensus"
-    refresh = dho.payload_bytes(n, refresh=True, **kw)        # refresh + consensus: the dearest step
-    plain = dho.payload_bytes(n, refresh=False, consensus_step=False, **kw)
-    sync = dho.payload_bytes(n, refresh=False, **kw)
-    refresh_only = dho.payload_bytes(n, refresh=True, consensus_step=False, **kw)
     describe = (f"dho2 consensus ADMM: rho={a.admm_rho} tau={tau} k={a.k} l={a.l} m={a.m or 4 * (a.k + a.l)} "
-                f"T={a.refresh_every} alpha={a.alpha} on {config.optimizer}(lr={config.lr}); bytes/device: "
-                f"{plain} local step, {sync} consensus step, {refresh_only} refresh (dearest {refresh}, "
-                f"counted as payload: the compiled step holds both branches), amortised "
-                f"{sync / tau + refresh_only / a.refresh_every:.0f}")
+                f"T={a.refresh_every} alpha={a.alpha} on {config.optimizer}(lr={config.lr}); analytic bytes/device: "
+                f"{analytic['local']} local step, {analytic['consensus']} consensus step, {analytic['refresh+local']} "
+                f"refresh; each step logs the bytes of the branch it takes")
   else:
-    refresh = dho.payload_bytes(n, refresh=True, **kw)
-    plain = dho.payload_bytes(n, refresh=False, **kw)
     describe = (f"{a.variant}: k={a.k} l={a.l} m={a.m or 4 * (a.k + a.l)} T={a.refresh_every} alpha={a.alpha} "
-                f"on {config.optimizer}(lr={config.lr}); bytes/device: {plain} plain step, {refresh} refresh "
-                f"step (counted as payload: the compiled step holds the refresh branch), "
-                f"amortised {plain + (refresh - plain) / a.refresh_every:.0f}")
-  return local_gradient_method(
+                f"on {config.optimizer}(lr={config.lr}); analytic bytes/device: {analytic['plain']} plain step, "
+                f"{analytic['refresh+plain']} refresh step; each step logs the bytes of the branch it takes")
+  method = local_gradient_method(
       ctx, tx, extra_args_fn=lambda params, batch, key: {"batch": batch},
-      worker_leaves=dho.sharded_leaves if sharded else None, analytic_payload=refresh, describe=describe)
+      worker_leaves=dho.sharded_leaves if sharded else None, analytic_payload=largest, describe=describe)
+  return dataclasses.replace(method, branches=branches, branch_of=lambda step: branch_label(flags(step)),
+                             analytic_branches=analytic)

@@ -10,20 +10,15 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 import sfb
+from common.algos import defaults
 from common.algos.base import BuildContext, Method
 from common.errors import ConfigError
 
 
-def default_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.loss = "squared_hinge"    # squared_hinge | squared (targets ±1 one-vs-rest)
-  c.C = 0.05                  # LinearSVC's C; λ = 1/(C·N)
-  c.sigma_prime = 0.0         # aggregation safety factor σ'; 0 means P (safe); 1 diverges
-  return c
+default_config = defaults.sfb_sdca
 
 
 def validate(config, dataset) -> None:

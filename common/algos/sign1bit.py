@@ -34,12 +34,12 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from jax import lax
 
 import sign1bit
+from common.algos import defaults
 from common.algos.base import BuildContext, Method, own_rows, param_count, restack_rows, stack_worker_leaves
 from common.errors import ConfigError
 
@@ -53,20 +53,7 @@ PARTITIONS = ("sorted", "shuffled")
 WIRES = ("packed", "int8_psum")
 
 
-def default_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.scheme = "one_bit_gc"      # one_bit_gc | sgc | ignore_stragglers | ignore_stragglers_1bit |
-  #                              signsgd_majority | ef_signsgd
-  c.allocation = "frc"         # frc | cyclic | bibd (GC schemes; d = 1 baselines use frc d = 1)
-  c.redundancy = 2             # d: workers per partition (bibd: 3 = Fano on 7 devices, W-1 = complement)
-  c.partitions_per_group = 1   # frc only: m partitions per group, N = (W/d)·m
-  c.straggler_prob = 0.2       # p in [0, 1): each worker straggles independently every step
-  c.bound = "linf"             # quantizer bound B: "linf" (per worker, one extra f32) or a number > 0
-  #                              given as a string, e.g. --config.algo.bound=0.625
-  c.wire = "packed"            # packed (u8 all-gather) | int8_psum (s8[D] all-reduce, 8x the bits)
-  c.partitions = "sorted"      # sorted (label-sorted, non-i.i.d.) | shuffled (seeded permutation)
-  c.l2 = 1e-3                  # λ: every f_k includes (λ/2)‖w‖²
-  return c
+default_config = defaults.sign1bit
 
 
 # ----------------------------------------------------------------------------- config parsing

@@ -13,10 +13,10 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 import vr_prox
+from common.algos import defaults
 from common.algos.base import BuildContext, Method, param_bytes
 from common.errors import ConfigError
 
@@ -25,20 +25,7 @@ PROXES = ("none", "l1", "elastic_net", "box")
 SCHEDULES = ("uniform", "fixed", "cyclic")
 
 
-def default_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.variant = "dap_svrg"        # dap_svrg | tap_svrg | prox_svrg (1 device) | dap_sgd | tap_sgd
-  c.prox = "l1"                 # none | l1 | elastic_net | box
-  c.l1 = 1e-3
-  c.l2 = 0.0
-  c.box = 1.0                   # prox=box: |x_j| <= box
-  c.regularize_bias = False     # the prox leaves leaves named "bias" alone unless True
-  c.relaxation = 1.0            # DAP server weight theta in (0, 1]; 0 = auto 1/(K (D + 1))
-  c.max_delay = 0               # D: read delay bound in rounds
-  c.delay_schedule = "uniform"  # uniform | fixed | cyclic
-  c.tap_prox = "per_update"     # per_update | per_round (TAP only)
-  c.rounds_per_epoch = 0        # 0 = ceil(n_train / batch_size): one pass of stochastic gradients
-  return c
+default_config = defaults.vr_prox
 
 
 def validate(config, dataset) -> None:
