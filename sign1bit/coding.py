@@ -196,6 +196,19 @@ def encode(scheme: Scheme, grad: jax.Array, key: jax.Array, error: jax.Array | N
   return _Message(bits, None, None, jnp.sum(jnp.abs(c) > scheme.bound, dtype=jnp.int32), None)
 
 
+def _sum_over_workers(weights: jax.Array, rows: jax.Array) -> jax.Array:
+  """Σ_i weights_i · rows_i [D] as a left fold over workers i = 0, 1, ..., W−1 (spec §2.3 step 5).
+
+  A fixed order, so the sharded decode and ``reference_decode`` give the same bits: a plain
+  ``jnp.sum(..., axis=0)`` is a reduction whose order XLA's CPU backend picks per program (from
+  D = 512 on it becomes a library reduction), which made the two differ by ~1e-6 relative.
+  """
+  def add(i, total):
+    return total + weights[i] * rows[i]
+
+  return lax.fori_loop(0, rows.shape[0], add, jnp.zeros(rows.shape[1:], jnp.float32))
+
+
 def decode(scheme: Scheme, active: jax.Array, received: jax.Array | None = None,
            scales: jax.Array | None = None, vote_sum: jax.Array | None = None) -> jax.Array:
   """ĝ from the W messages (``received``: ±1 or real [W, D]; ``scales``: f32[W]) and the mask.
@@ -205,9 +218,9 @@ def decode(scheme: Scheme, active: jax.Array, received: jax.Array | None = None,
   a = active.astype(jnp.float32)
   denom = scheme.normalizer if scheme.decode == "fixed" else jnp.maximum(jnp.sum(a), 1.0)
   if scheme.encode == "real":
-    return jnp.sum((a / denom)[:, None] * received, axis=0)
+    return _sum_over_workers(a / denom, received)
   if scheme.sends_scale:
-    return jnp.sum((a * scales / denom)[:, None] * received, axis=0)
+    return _sum_over_workers(a * scales / denom, received)
   if vote_sum is None:
     vote_sum = jnp.sum(a[:, None] * received, axis=0)   # integer valued: exact in f32
   if scheme.decode == "vote":

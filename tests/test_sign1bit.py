@@ -196,14 +196,19 @@ def test_real_valued_fixed_mask_decodes_the_reporting_workers():
     np.testing.assert_allclose(us[t], c[active].sum(0) / alloc.num_partitions, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("bound", [0.8, "linf"])
-def test_sharded_equals_reference_decode(bound):
+@pytest.mark.parametrize("dim", [100, 513, 1024, 4099])
+@pytest.mark.parametrize("bound", [0.8, "linf", None])
+def test_sharded_equals_reference_decode(bound, dim):
+  """Bitwise on CPU at every D (also D >= 512, where XLA's CPU backend hands a plain
+  ``jnp.sum`` over workers to a library reduction whose order depends on the program around it);
+  ``bound=None`` is real-valued SGC. D = 513 and 4099 are not multiples of 8 (bit padding)."""
   alloc = sign1bit.allocation("frc", 8, 2)
-  g = np.random.default_rng(3).normal(size=(4, 100)) * 0.2
+  g = np.random.default_rng(3).normal(size=(4, dim)) * 0.2
   sums = _local_sums(alloc, g)
-  us, _ = collect(sign1bit.scale_by_one_bit_gc(alloc, 0.3, bound, seed=9), sums, 5)
+  quantize = bound is not None
+  us, _ = collect(sign1bit.scale_by_one_bit_gc(alloc, 0.3, bound, seed=9, quantize=quantize), sums, 5)
   for t in range(5):
-    ref, _ = sign1bit.reference_decode(sums, alloc, 0.3, bound, seed=9, step=t)
+    ref, _ = sign1bit.reference_decode(sums, alloc, 0.3, bound, seed=9, step=t, quantize=quantize)
     np.testing.assert_array_equal(us[t], np.asarray(ref))   # bitwise on CPU
 
 
