@@ -1,18 +1,23 @@
 """Plots of one or more runs: loss vs steps and loss vs cumulative bytes (headless PNG).
 
     python -m common.plots runs/a runs/b --out plots/compare.png [--labels A B] [--metric loss]
+
+A missing run directory, a run without ``metrics.jsonl`` or a metric no run logged ends with one
+line naming it (exit code 2) instead of an empty plot.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import sys
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from common.errors import EXIT_CONFIG, FlagError  # noqa: E402
 from common.metrics import read_metrics  # noqa: E402
 
 
@@ -57,6 +62,19 @@ def plot_runs(workdirs, out: str, labels=None, metric: str = "loss", logy: bool 
   return out
 
 
+def check_runs(workdirs, metric: str) -> None:
+  """Raises FlagError (one line) for a workdir without metrics or a metric no run logged."""
+  for workdir in workdirs:
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.isdir(workdir):
+      raise FlagError("workdirs", f"{workdir} is not a directory (give run directories written by launch.py)")
+    if not os.path.isfile(path):
+      raise FlagError("workdirs", f"{workdir} has no metrics.jsonl (not a launch.py run, or it logged no step yet)")
+    logged = sorted({k for row in read_metrics(workdir) for k in row if k not in ("step", "bytes", "cum_bytes")})
+    if metric not in logged:
+      raise FlagError("metric", f"{metric!r} is not logged in {path}; available: {', '.join(logged) or 'none'}")
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("workdirs", nargs="+")
@@ -65,8 +83,16 @@ def main(argv=None):
   parser.add_argument("--metric", default="loss")
   parser.add_argument("--linear", action="store_true", help="linear y axis")
   args = parser.parse_args(argv)
+  try:
+    check_runs(args.workdirs, args.metric)
+    if args.labels and len(args.labels) != len(args.workdirs):
+      raise FlagError("labels", f"{len(args.labels)} labels for {len(args.workdirs)} runs; give one per run")
+  except FlagError as e:
+    sys.stderr.write(f"error: {e}\n")
+    return EXIT_CONFIG
   print(plot_runs(args.workdirs, args.out, args.labels, args.metric, logy=not args.linear))
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -22,9 +22,12 @@ import sys
 from common.errors import EXIT_CONFIG, EXIT_NONFINITE, EXIT_PEER
 
 CHILD_ENV = "COMM_HARNESS_CHILD"
-_GLOO_CONNECTED = re.compile(r"\[Gloo\] Rank \d+ is connected to \d+ peer ranks")
-# the first line of a runtime crash report; nothing after it goes to the terminal
-_FATAL = re.compile(r"^(F\d{4} |\*\*\* Check failure|Fatal Python error|terminate called)")
+# gloo prints these from several threads at once, so a line may be a fragment of one
+_GLOO_CONNECTED = re.compile(r"\[Gloo\]|connected peer ranks|is connected to \d+ peer|^\s*\d+\s*$")
+# the first line of a runtime crash report or of the runtime's own complaint about a lost task;
+# nothing after it goes to the terminal (it goes to the runtime log)
+_FATAL = re.compile(r"^(F\d{4} |\*\*\* Check failure|Fatal Python error|terminate called|"
+                    r"[WE]\d{4} .*(coordination_service|preemption_sync_manager|client\.h))")
 
 
 def is_child() -> bool:
@@ -34,6 +37,9 @@ def is_child() -> bool:
 def lost_peer(output: str, process_id: int, num_processes: int) -> str | None:
   """What the runtime's output says about the lost peer, as words for the harness line (or None)."""
   others = [p for p in range(num_processes) if p != process_id]
+  if re.search(r"did not join within --init_timeout|CoordinationService/RegisterTask", output):
+    return ("not every process joined within --init_timeout (a peer never started, or process 0, which hosts "
+            "the coordinator, is not running)")
   unhealthy = re.search(r"unhealthy \(stopped sending heartbeats\):\s*([\d,\s]+?)\s*(?:The tasks|$)", output)
   if unhealthy:
     ids = sorted({int(t) for t in re.findall(r"\d+", unhealthy.group(1))})
@@ -43,15 +49,13 @@ def lost_peer(output: str, process_id: int, num_processes: int) -> str | None:
     return f"peer process {', '.join(map(str, timeouts))} stopped sending heartbeats"
   if re.search(r"leader task was preempted/died|Failed to send RPC to coordination service", output):
     return "peer process 0 (the coordinator) is gone"
-  if re.search(r"Connection closed by peer|Connection reset by peer|Gloo \w+ failed", output):
-    who = f"process {others[0]}" if len(others) == 1 else "a peer process"
-    return f"{who} closed its collective connection (gloo)"
+  if re.search(r"Connection closed by peer|Connection reset by peer|Gloo \w+ failed|gloo::EnforceNotMet|"
+               r"gloo::IoException", output):
+    who = f"peer process {others[0]}" if len(others) == 1 else "a peer process"
+    return f"{who} is gone (its gloo connection closed)"
   timeout = re.search(r"step (\d+) did not finish within --step_timeout", output)
   if timeout:
     return f"no peer answered while this process waited on step {timeout.group(1)} (hung or gone)"
-  joined = re.search(r"did not join within --init_timeout", output)
-  if joined:
-    return "a peer process never joined the coordinator"
   return None
 
 
@@ -72,11 +76,9 @@ def run_child(argv: list[str], *, process_id: int, num_processes: int, workdir: 
   tail = collections.deque(maxlen=2000)
   crashed, harness_error = False, False
   for line in child.stdout:
-    if _GLOO_CONNECTED.search(line):
-      continue
     tail.append(line)
     crashed = crashed or bool(_FATAL.match(line))
-    if not crashed:
+    if not crashed and not _GLOO_CONNECTED.search(line):
       harness_error = harness_error or line.startswith("error: ") or "] error: " in line
       sys.stderr.write(line)
       sys.stderr.flush()

@@ -149,13 +149,15 @@ def validate(config, dataset) -> None:
                         f"redundancy = devices - 1 = {w - 1}; got {w} devices, redundancy {d}")
     if a.allocation != "frc" and a.partitions_per_group != 1:
       raise ConfigError("algo.partitions_per_group", f"is for allocation=frc only (got {a.allocation})")
+  kind, d, m = _alloc_args(config)
+  partitions = (w // d) * m if kind == "frc" else w     # N, before anything is built
+  if dataset is not None and partitions > dataset.num_train:
+    raise ConfigError("algo.partitions_per_group", f"N = {partitions} partitions for only "
+                      f"{dataset.num_train} training rows; use at most {dataset.num_train // max(w // d, 1)}")
   try:
-    alloc = make_allocation(config, w)
+    make_allocation(config, w)
   except ValueError as e:
     raise ConfigError("algo.allocation", str(e)) from None
-  if dataset is not None and alloc.num_partitions > dataset.num_train:
-    raise ConfigError("algo.partitions_per_group", f"N = {alloc.num_partitions} partitions for only "
-                      f"{dataset.num_train} training rows")
 
 
 # ----------------------------------------------------------------------------- data layout
