@@ -8,7 +8,7 @@ for the update-level serial model.
 
 Public API:
   transformations: ``dap_svrg``, ``tap_svrg``, ``prox_svrg``, ``dap_sgd``, ``tap_sgd``
-  epoch pieces:    ``refresh``, ``full_gradient``, ``read_params``, ``read_delay``, ``objective``,
+  epoch pieces:    ``refresh``, ``full_gradient``, ``global_count``, ``read_params``, ``read_delay``, ``objective``,
                    ``to_varying``, ``state_specs``, ``epoch_fn``, ``sharded_epoch``, ``sample_indices``
   serial model:    ``serial_epoch``; event model: ``event_trace`` (host-side, replayed by serial_epoch)
   prox operators:  ``prox_l1``, ``prox_elastic_net``, ``prox_group_lasso``,
@@ -16,7 +16,8 @@ Public API:
                    ``prox_cleanup``, ``soft_threshold``
   costs:           ``payload_bytes``
 """
-from vr_prox._dap import (DapSvrgState, SCHEDULES, dap_sgd, dap_svrg, full_gradient, objective, prox_svrg,
+from vr_prox._dap import (DapSvrgState, SCHEDULES, dap_sgd, dap_svrg, full_gradient, global_count, objective,
+                          prox_svrg,
                           read_delay, read_params, refresh, state_specs, tap_sgd, tap_svrg, to_varying)
 from vr_prox._epoch import epoch_fn, sample_indices, sharded_epoch
 from vr_prox._event import EventTrace, event_trace
@@ -35,6 +36,7 @@ def payload_bytes(params) -> int:
 
 __all__ = [
     "DapSvrgState", "EventTrace", "PROX_NAMES", "SCHEDULES", "dap_sgd", "dap_svrg", "epoch_fn", "event_trace", "full_gradient",
+    "global_count",
     "make_prox", "objective", "payload_bytes", "prox_box", "prox_cleanup", "prox_elastic_net",
     "prox_group_lasso", "prox_l1", "prox_none", "prox_sparse_group_lasso", "prox_svrg", "read_delay",
     "read_params", "refresh", "sample_indices", "serial_epoch", "sharded_epoch", "soft_threshold", "state_specs", "tap_sgd", "tap_svrg",

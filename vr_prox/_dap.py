@@ -21,10 +21,16 @@ and at the snapshot (``g_s``), and ``update`` forms the variance-reduced gradien
     project's relaxed extension, stable under persistent staleness, spec §2.5);
   * ``server="prox"`` (TAP, [MCW]): ``all_gather`` of the ``v_k``, then every device applies
     ``x <- prox_{gh}(x - g v_{pi(j)})`` for the K arrivals in a seeded order ``pi`` (identical on
-    all devices, so params stay replicated), or once with ``sum_j v_j`` (``tap_prox="per_round"``).
+    all devices, so params stay replicated), or once for the whole round
+    (``tap_prox="per_round"``): ``x <- prox_{K g h}(x - g sum_j v_j)`` (spec §4.1a: K summed steps
+    take one prox of K*g*h, so the fixed point minimizes f + h, not f + h/K).
 
 Without variance reduction (``dap_sgd``/``tap_sgd``) ``v_k = w_k g_r``. With one device
 (``axis_name=None``) and ``max_delay=0`` all of them are ProxSVRG / proximal SGD exactly.
+
+Shard weights ``w_k = K n_k / n`` need this device's row count n_k (``local_count``) and the
+global n (``num_rows``, or the one ``refresh`` stored); without ``local_count`` the shards are
+taken as equal (w_k = 1). ``epoch_fn`` passes both, with or without variance reduction.
 """
 from __future__ import annotations
 
@@ -53,7 +59,7 @@ class DapSvrgState(NamedTuple):
     head: slot of the current server version in ``history``, int32.
     snapshot: the epoch snapshot x~.
     full_grad: mu~ = grad f(x~) (global mean over all rows; set by ``refresh``).
-    num_rows: global row count n (set by ``refresh``; 0 means unknown: shard weight 1).
+    num_rows: global row count n of the shard weights (set by ``refresh``; 0 until then).
     history: every leaf stacked to ``(max_delay + 1, ...)``: the last round-versions.
     key: PRNG key (uint32[2]) of delays and arrival orders; draws use ``fold_in(key, count)``.
     schedule: int32[2] = (schedule id, max_delay), so ``read_params`` needs only the state.
@@ -132,18 +138,30 @@ def read_params(state: DapSvrgState, axis_name: str | None = "data"):
   return jax.tree.map(lambda h: h[slot], state.history)
 
 
-def refresh(state: DapSvrgState, params, full_grad, num_rows=None) -> DapSvrgState:
+def refresh(state: DapSvrgState, params, full_grad, num_rows) -> DapSvrgState:
   """Epoch start ([XZ] Alg. 1 line 3, [HGH] Alg. 1): snapshot x~ = params, mu~ = full_grad.
 
   Resets the version buffer to the snapshot, so no read crosses an epoch boundary (the
-  authors' epoch barrier). ``num_rows`` is the global n used for the shard weights.
+  authors' epoch barrier). ``num_rows`` is the global n of the shard weights ``w_k = K n_k / n``
+  (``full_gradient`` returns it with mu~: ``refresh(state, params, *full_gradient(...))``); it is
+  required, so a refresh can never leave the weights at a stale or default value.
   """
+  if num_rows is None:
+    raise ValueError("refresh needs num_rows, the global row count n of the shard weights "
+                     "(full_gradient returns it: refresh(state, params, *full_gradient(...)))")
   size = jax.tree.leaves(state.history)[0].shape[0]
   history = jax.tree.map(lambda p: jnp.broadcast_to(p, (size,) + jnp.shape(p)), params)
   full_grad = jax.tree.map(lambda g, p: jnp.asarray(g, jnp.asarray(p).dtype), full_grad, params)
-  n = state.num_rows if num_rows is None else jnp.asarray(num_rows, state.num_rows.dtype)
+  n = jnp.asarray(num_rows, state.num_rows.dtype)
   return state._replace(inner=jnp.zeros_like(state.inner), head=jnp.zeros_like(state.head),
                         snapshot=params, full_grad=full_grad, num_rows=n, history=history)
+
+
+def global_count(mask, axis_name: str | None = "data", dtype=jnp.float32):
+  """The global row count n = psum over devices of this device's valid rows ``sum(mask)``
+  (replicated, ``dtype``): the n of the shard weights ``w_k = K n_k / n`` (spec §4.3)."""
+  n = jnp.sum(mask).astype(dtype)
+  return n if axis_name is None else lax.psum(n, axis_name)
 
 
 def _loss_sums(example_loss_fn, params, data, mask):
@@ -185,6 +203,26 @@ def objective(example_loss_fn: Callable, prox, params, data, mask, axis_name: st
 
 
 # ----------------------------------------------------------------------------- transform
+def _shard_weight(state: DapSvrgState, local_count, num_rows, num_workers: int, variance_reduction: bool):
+  """``w_k = K n_k / n`` (spec §4.3) so that ``(1/K) sum_k E[v_k] = grad f`` for uneven shards.
+
+  n is ``num_rows`` if given, else the one ``refresh`` stored (variance reduction only: the
+  no-VR variants are never refreshed, so they need ``num_rows``). Before any refresh the stored
+  n is 0 and the weight is NaN: loud, never a silent default.
+  """
+  if local_count is None:
+    if num_rows is not None:
+      raise ValueError("update got num_rows without local_count; the shard weight K n_k / n needs both "
+                       "(local_count = this device's valid rows)")
+    return 1.0
+  if num_rows is None and not variance_reduction:
+    raise ValueError("dap_sgd/tap_sgd update with local_count also needs num_rows, the global row count n "
+                     "of the shard weight K n_k / n (vr_prox.global_count(mask, axis_name)); without it the "
+                     "shards would count equally, whatever their sizes")
+  n = state.num_rows if num_rows is None else jnp.asarray(num_rows, state.num_rows.dtype)
+  return jnp.where(n > 0, num_workers * jnp.asarray(local_count, n.dtype) / n, jnp.nan)
+
+
 def _check_lr(learning_rate):
   if callable(learning_rate):
     return
@@ -217,14 +255,18 @@ def dap_svrg(learning_rate, prox, *, axis_name: str | None = "data", max_delay: 
       then moves with step theta*gamma, so scale gamma up by 1/theta.
     server: ``"add"`` (DAP: workers prox, server adds) or ``"prox"`` (TAP: server prox).
     tap_prox: TAP only: ``"per_update"`` (one prox per arrival, seeded order) or
-      ``"per_round"`` (one prox of the summed step, the authors' grouped server).
+      ``"per_round"`` (the authors' grouped server: one prox of K*gamma*h after the K summed
+      steps, ``prox_{K g h}(x - g sum_j v_j)``, spec §4.1a).
     variance_reduction: False gives DAP-SGD / TAP-SGD ([LXZL]).
     seed: seed of the delay and arrival-order draws.
 
-  Extra args of ``update(g_read, state, params, *, snapshot_grads=None, local_count=None)``:
+  Extra args of ``update(g_read, state, params, *, snapshot_grads=None, local_count=None,
+  num_rows=None)``:
     ``snapshot_grads``: gradient of the same local minibatch at ``state.snapshot``
-    (required with variance reduction); ``local_count``: rows n_k on this device (shard weight
-    ``w_k = K n_k / n``; None = equal shards, w_k = 1).
+    (required with variance reduction); ``local_count``: rows n_k on this device and
+    ``num_rows``: the global n (shard weight ``w_k = K n_k / n``; ``num_rows`` defaults to the n
+    stored by ``refresh`` with variance reduction and is required without it). No
+    ``local_count`` = equal shards, w_k = 1.
   """
   _check_lr(learning_rate)
   if not is_prox(prox):
@@ -270,17 +312,14 @@ def dap_svrg(learning_rate, prox, *, axis_name: str | None = "data", max_delay: 
         history=jax.tree.map(lambda p: jnp.broadcast_to(p, (max_delay + 1,) + jnp.shape(p)), params),
         key=jax.random.PRNGKey(seed), schedule=jnp.asarray(schedule), trace=jnp.asarray(trace))
 
-  def update_fn(updates, state, params=None, *, snapshot_grads=None, local_count=None, **extra):
+  def update_fn(updates, state, params=None, *, snapshot_grads=None, local_count=None, num_rows=None,
+                **extra):
     del extra
     if params is None:
       raise ValueError("dap_svrg.update needs params (the current server version)")
     num_workers = _num_workers(axis_name)
     lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
-    if local_count is None:
-      weight = 1.0
-    else:
-      n = state.num_rows
-      weight = jnp.where(n > 0, num_workers * jnp.asarray(local_count, n.dtype) / jnp.where(n > 0, n, 1), 1.0)
+    weight = _shard_weight(state, local_count, num_rows, num_workers, variance_reduction)
     if variance_reduction:
       if snapshot_grads is None:
         raise ValueError("dap_svrg with variance reduction needs the extra arg snapshot_grads "
@@ -305,9 +344,9 @@ def dap_svrg(learning_rate, prox, *, axis_name: str | None = "data", max_delay: 
         all_v = lax.all_gather(v, axis_name, to="invarying")
       else:
         all_v = jax.tree.map(lambda g: g[None], v)
-      if tap_prox == "per_round":
+      if tap_prox == "per_round":  # K summed steps, one prox of K*lr*h (spec §4.1a)
         total = jax.tree.map(lambda g: jnp.sum(g, 0), all_v)
-        new = prox(jax.tree.map(lambda x, g: x - lr * g, params, total), lr)
+        new = prox(jax.tree.map(lambda x, g: x - lr * g, params, total), num_workers * lr)
       else:
         order_key = jax.random.fold_in(jax.random.fold_in(state.key, 1), state.count)
         order = jax.random.permutation(order_key, num_workers)
@@ -357,9 +396,9 @@ def dap_sgd(learning_rate, prox, *, axis_name: str | None = "data", max_delay: i
 
 
 def tap_sgd(learning_rate, prox, *, axis_name: str | None = "data", max_delay: int = 0,
-            delay_schedule: str = "uniform", delay_trace=None, seed: int = 0
+            delay_schedule: str = "uniform", delay_trace=None, tap_prox: str = "per_update", seed: int = 0
             ) -> optax.GradientTransformationExtraArgs:
   """Asynchronous proximal SGD with the prox on the server (no variance reduction)."""
   return dap_svrg(learning_rate, prox, axis_name=axis_name, max_delay=max_delay,
                   delay_schedule=delay_schedule, delay_trace=delay_trace, server="prox",
-                  variance_reduction=False, seed=seed)
+                  tap_prox=tap_prox, variance_reduction=False, seed=seed)

@@ -3,7 +3,9 @@
 An epoch ([HGH] Alg. 1, [XZ] Alg. 1): exact full gradient at the snapshot (one psum), then
 ``rounds`` inner rounds in a ``lax.scan``; in each round every device draws ``batch_size`` rows
 i.i.d. uniformly from its valid rows, differentiates at its stale read and at the snapshot, and
-calls the transformation (one psum for DAP, one all_gather for TAP).
+calls the transformation (one psum for DAP, one all_gather for TAP) with its row count n_k and
+the global n, so uneven shards get the weights ``K n_k / n`` with and without variance
+reduction (without it, n costs one scalar psum per epoch).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from vr_prox._dap import full_gradient, read_params, refresh, to_varying
+from vr_prox._dap import full_gradient, global_count, read_params, refresh, to_varying
 
 
 def sample_indices(key, round_index, worker, batch_size: int, local_count):
@@ -57,6 +59,8 @@ def epoch_fn(example_loss_fn: Callable, tx: optax.GradientTransformationExtraArg
     if variance_reduced:
       mu, n = full_gradient(example_loss_fn, params, data, mask, axis_name)
       state = set_state(state, refresh(get_state(state), params, mu, n))
+    else:  # the shard weights K n_k / n need n also without a snapshot (one scalar psum)
+      n = global_count(mask, axis_name, jax.tree.leaves(params)[0].dtype)
     local_count = jnp.sum(mask).astype(jnp.int32)
     worker = lax.axis_index(axis_name) if axis_name is not None else 0
 
@@ -66,7 +70,7 @@ def epoch_fn(example_loss_fn: Callable, tx: optax.GradientTransformationExtraArg
       idx = sample_indices(key, inner.count, worker, batch_size, local_count)
       batch = jax.tree.map(lambda a: a[idx], data)
       g_read = jax.grad(batch_loss)(to_varying(read_params(inner, axis_name), axis_name), batch)
-      extra = {"local_count": local_count}
+      extra = {"local_count": local_count, "num_rows": n}
       if variance_reduced:
         extra["snapshot_grads"] = jax.grad(batch_loss)(to_varying(inner.snapshot, axis_name), batch)
       updates, state = tx.update(g_read, state, params, **extra)
