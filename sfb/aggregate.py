@@ -8,7 +8,14 @@ broadcasts its minibatch factors (U_p, V_p) and every worker applies
 which is exactly the data-parallel mean gradient. Here the broadcast is one
 ``lax.all_gather(..., to="invarying")`` of U and one of V per factored matrix; the bias of a
 factored ``nn.Dense`` is ``(1/P) Σ_rows U`` of the gathered U (no extra collective); every
-other leaf is ``pmean``-ed densely (Poseidon's hybrid).
+other leaf is ``pmean``-ed densely (Poseidon's hybrid), and so is the ``extra`` dense gradient of a
+factored parameter's uses outside its Dense call (an L2 term in the loss, tied weights).
+
+Order: ``scale_by_sfb`` comes first in a chain. Factored leaves are not arrays (any array operation
+on them raises, naming the fix), so a transformation before it fails instead of scaling the
+gradient Σ u vᵀ by the square of its factor. Gradient accumulation goes after it:
+``optax.chain(scale_by_sfb(axis), optax.MultiSteps(inner, k).gradient_transformation())`` sends
+the factors every micro-step and averages the k exact mean gradients.
 """
 from __future__ import annotations
 
@@ -34,18 +41,26 @@ def gather_factors(factors: SufficientFactors, axis_name: str | None) -> Suffici
   if axis_name is None:
     return factors
   gather = lambda x: lax.all_gather(_varying(x, axis_name), axis_name, tiled=True, to="invarying")
-  return SufficientFactors(gather(factors.u), gather(factors.v), factors.layout)
+  return SufficientFactors(gather(factors.u), gather(factors.v), factors.layout, factors.extra)
 
 
 def _mean_over_devices(x, axis_name):
   return x if axis_name is None else lax.pmean(_varying(x, axis_name), axis_name)
 
 
+def _plus_extra(mean_f32, extra, axis_name, dtype):
+  """``mean_f32`` plus the device mean of a factored leaf's dense ``extra`` term, in ``dtype``."""
+  if extra is not None:
+    mean_f32 = mean_f32 + _mean_over_devices(extra, axis_name).astype(jnp.float32)
+  return mean_f32.astype(dtype)
+
+
 def sfb_mean_gradient(grads: Any, axis_name: str | None, params: Any = None) -> Any:
   """Dense mean gradient over devices from a tree mixing SufficientFactors, FromFactors and arrays.
 
   Returns a tree shaped like ``params`` (SufficientFactors -> reconstructed matrix,
-  FromFactors -> ``mean Σ_rows u`` of the sibling factored kernel, array -> ``pmean``).
+  FromFactors -> ``mean Σ_rows u`` of the sibling factored kernel, array -> ``pmean``; a factored
+  leaf's ``extra`` is ``pmean``-ed and added).
   """
   flat, treedef = jax.tree_util.tree_flatten_with_path(grads, is_leaf=is_factor_leaf)
   if params is not None:
@@ -62,14 +77,16 @@ def sfb_mean_gradient(grads: Any, axis_name: str | None, params: Any = None) -> 
         leaf.validate()
       full = gather_factors(leaf, axis_name)
       dtype = param_leaves[i].dtype if params is not None else jnp.result_type(leaf.u, jnp.float32)
-      out[i] = (reconstruct(full, jnp.float32) / num_devices).astype(dtype)
-      bias_from[path[:-1]] = (jnp.sum(full.u.astype(jnp.float32), axis=0) / num_devices).astype(dtype)
+      out[i] = _plus_extra(reconstruct(full, jnp.float32) / num_devices, leaf.extra, axis_name, dtype)
+      bias_from[path[:-1]] = (jnp.sum(full.u.astype(jnp.float32), axis=0) / num_devices, dtype)
   for i, (path, leaf) in enumerate(flat):
     if isinstance(leaf, FromFactors):
       if path[:-1] not in bias_from:
         raise ValueError(f"FromFactors at {jax.tree_util.keystr(path)} has no sibling "
                          "SufficientFactors (a factored kernel in the same module)")
-      out[i] = bias_from[path[:-1]]
+      mean, dtype = bias_from[path[:-1]]
+      dtype = param_leaves[i].dtype if params is not None else dtype
+      out[i] = _plus_extra(mean, leaf.extra, axis_name, dtype)
     elif not isinstance(leaf, SufficientFactors):
       out[i] = _mean_over_devices(leaf, axis_name)
   return jax.tree_util.tree_unflatten(treedef, out)
@@ -78,10 +95,11 @@ def sfb_mean_gradient(grads: Any, axis_name: str | None, params: Any = None) -> 
 def scale_by_sfb(axis_name: str | None = "data") -> optax.GradientTransformation:
   """Sufficient Factor Broadcasting: exchange factors, emit the exact mean gradient.
 
-  Must be the first transformation of a chain and run inside ``jax.shard_map`` over
-  ``axis_name`` (``None``: one device, no collectives). Input leaves may be
-  ``SufficientFactors``, ``FromFactors`` or local dense gradients; the output has the params'
-  structure, so any optax transformation can follow (momentum, Adam, weight decay).
+  Must be the first transformation of a chain (one placed before it raises: factored leaves are
+  not arrays) and run inside ``jax.shard_map`` over ``axis_name`` (``None``: one device, no
+  collectives). Input leaves may be ``SufficientFactors``, ``FromFactors`` or local dense
+  gradients; the output has the params' structure, so any optax transformation can follow
+  (momentum, Adam, weight decay, clipping, ``optax.MultiSteps(...).gradient_transformation()``).
   """
 
   def init_fn(params):

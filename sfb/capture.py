@@ -5,8 +5,15 @@ For an ``nn.Dense`` layer ``y = x W + c`` inside any network, ``∂L/∂W = xᵀ
 the layer's sufficient factors are (u, v) = (δ, x) per row. ``factored_value_and_grad`` reads
 them without touching the model: ``flax.linen.intercept_methods`` records each selected layer's
 input ``x`` and returns ``y + probe`` with a zero, device-varying probe, so the gradient w.r.t. the
-probe is exactly δ. Selected kernels and biases are wrapped in ``stop_gradient`` so no dense
-gradient (and no implicit all-reduce) is formed for them.
+probe is exactly δ. Only the kernel and bias *inside* the intercepted call are frozen
+(``stop_gradient``), so that call forms no dense gradient (and no implicit all-reduce); any other
+use of them in the loss (an L2 term, tied weights) keeps its ordinary gradient, which is detected
+at trace time and travels densely next to the factors (``SufficientFactors.extra``).
+
+Probes have the layer's output dtype (a bf16 layer stays bf16: the forward pass is the user's and
+the factors travel as bf16). A layer called inside a flax lifted transformation (``nn.remat``,
+``nn.scan``, ``nn.vmap``, ...) cannot be factored: its input lives in that transformation's trace
+(and a loop reuses one kernel), so it is refused by name and ``sfb.plan`` leaves it dense.
 """
 from __future__ import annotations
 
@@ -30,6 +37,23 @@ class ModuleCall:
   in_shape: tuple[int, ...]
   out_shape: tuple[int, ...]
   use_bias: bool
+  out_dtype: Any = None
+  lifted: tuple[str, ...] = ()   # path of the enclosing flax lifted transformation, () if none
+
+  @property
+  def name(self) -> str:
+    return "/".join(self.path) or "<root>"
+
+  def refuse_if_lifted(self) -> None:
+    """Raises for a layer inside a lifted transformation (its factors cannot be read exactly)."""
+    if self.lifted:
+      where = "/".join(self.lifted)
+      raise ValueError(
+          f"sfb: layer {self.name} is called inside the flax lifted transformation {where} (nn.remat, "
+          f"nn.scan, nn.vmap, nn.jit, ...): its input lives in that transformation's trace, and a scan "
+          f"uses one kernel several times, so its sufficient factors cannot be read exactly. Leave it "
+          f"to the dense all-reduce: sfb.plan(..., rule=...) does so by itself (choice 'dense (in "
+          f"{where})'); do not list it in layers=[...]")
 
 
 def module_calls(loss_fn: Callable, params, *args) -> list[ModuleCall]:
@@ -42,7 +66,8 @@ def module_calls(loss_fn: Callable, params, *args) -> list[ModuleCall]:
       module = context.module
       calls.append(ModuleCall(tuple(module.path), type(module).__name__, isinstance(module, nn.Dense),
                               tuple(call_args[0].shape), tuple(getattr(out, "shape", ())),
-                              bool(getattr(module, "use_bias", False))))
+                              bool(getattr(module, "use_bias", False)), getattr(out, "dtype", None),
+                              tuple(module.scope.root.path)))
     return out
 
   def run(params, *args):
@@ -79,6 +104,102 @@ def _replace(tree, path, value):
   return out
 
 
+def _spy(value, key, used: set):
+  """Identity whose backward pass records ``key`` in ``used`` iff a real cotangent arrives.
+
+  With ``symbolic_zeros=True`` JAX skips (or hands a symbolic zero to) the rule when nothing
+  downstream uses ``value`` differentiably: a trace-time, structural test for "used elsewhere".
+  """
+
+  @jax.custom_vjp
+  def spy(x):
+    return x
+
+  def fwd(x):
+    return x.value, None
+
+  def bwd(_, ct):
+    if isinstance(ct, jax.custom_derivatives.SymbolicZero):
+      return (None,)
+    used.add(key)
+    return (ct,)
+
+  spy.defvjp(fwd, bwd, symbolic_zeros=True)
+  return spy(value)
+
+
+def _frozen_call(module: nn.Module, args, kwargs):
+  """``module(*args, **kwargs)`` with its own params under ``stop_gradient`` (this call only)."""
+  variables = dict(module.variables)
+  variables["params"] = jax.tree.map(lax.stop_gradient, variables["params"])
+  return module.clone(parent=None).apply(variables, *args, **kwargs)
+
+
+def _probed_gradients(loss_fn, selected, calls, params, args):
+  """(loss, grads, deltas, inputs, used): gradients of the probed loss (see module docstring).
+
+  ``used`` holds the ``(path, "kernel" | "bias")`` of selected parameters that the loss also uses
+  outside their Dense call; their entry in ``grads`` is that use's gradient.
+  """
+  vma = _vma((params, args))
+
+  def zero_probe(c):
+    z = jnp.zeros(c.out_shape, c.out_dtype)
+    return lax.pcast(z, vma, to="varying") if vma else z
+
+  probes = [zero_probe(c) for c in calls]
+  used: set = set()
+
+  def spied(params):
+    for path in selected:
+      for name in ("kernel", "bias"):
+        try:
+          leaf = _get(params, _kernel_path(path, name))
+        except (KeyError, TypeError):
+          continue
+        params = _replace(params, _kernel_path(path, name), _spy(leaf, (path, name), used))
+    return params
+
+  def probed_loss(params, probes):
+    inputs: list[jax.Array] = []
+    reentrant = [False]
+
+    def interceptor(next_fun, call_args, kwargs, context):
+      module = context.module
+      if (context.method_name == "__call__" and isinstance(module, nn.Dense) and not reentrant[0]
+          and tuple(module.path) in selected):
+        i = len(inputs)
+        inputs.append(call_args[0])
+        reentrant[0] = True
+        try:
+          y = _frozen_call(module, call_args, kwargs)
+        finally:
+          reentrant[0] = False
+        return y + probes[i]
+      return next_fun(*call_args, **kwargs)
+
+    with nn.intercept_methods(interceptor):
+      loss = loss_fn(spied(params), *args)
+    return loss, inputs
+
+  (loss, inputs), (grads, deltas) = jax.value_and_grad(probed_loss, argnums=(0, 1), has_aux=True)(
+      params, probes)
+  return loss, grads, deltas, inputs, used
+
+
+def _check_plan(layers, used, selected) -> None:
+  """A ``Plan`` counted the dense extra terms of its loss; this loss must have the same ones."""
+  for layer in getattr(layers, "layers", ()):
+    if layer.path not in selected:
+      continue
+    for name, planned in (("kernel", layer.extra_kernel), ("bias", layer.extra_bias)):
+      if ((layer.path, name) in used) != planned:
+        raise ValueError(
+            f"sfb: layer {layer.name}'s {name} is {'' if planned else 'also '}used outside its Dense call "
+            f"in this loss {'but not' if planned else 'and not'} in the loss the plan was made for, so "
+            "the plan's bytes would be wrong; make the plan with sfb.plan on this loss")
+
+
 def factored_value_and_grad(loss_fn: Callable[..., jax.Array], layers, *,
                             axis_name: str | None = None) -> Callable:
   """``(params, *args) -> (loss, grads)`` with SufficientFactors at the selected Dense kernels.
@@ -87,15 +208,23 @@ def factored_value_and_grad(loss_fn: Callable[..., jax.Array], layers, *,
     loss_fn: ``(params, *args) -> scalar``; calls ``module.apply(params, ...)`` of a flax model
       whose variables are ``{"params": ...}``. Scale the loss as the mean over this device's rows
       (``scale_by_sfb`` then averages over devices, matching ``pmean`` of local-mean gradients).
+      It may use a selected kernel or bias elsewhere too (an L2 term, tied weights).
     layers: module paths (tuples of names, e.g. ``("Dense_0",)``) of the ``nn.Dense`` layers to
-      factor, or an ``sfb.Plan`` (its SFB-chosen layers).
+      factor, or an ``sfb.Plan`` (its SFB-chosen layers; then the loss must use the factored
+      parameters elsewhere exactly where the plan's loss did).
     axis_name: if given, params are first cast to device-varying over it, so this device's
       dense gradients stay local even if the caller passed replicated params.
 
   Returns:
     A function whose ``grads`` has the params' structure except: each selected kernel is
-    ``SufficientFactors(u=δ (rows, J), v=x (rows, D), layout="flax")`` with the rows of all its call
-    sites concatenated, and its bias is ``FromFactors()``.
+    ``SufficientFactors(u=δ (rows, J), v=x (rows, D), layout="flax", extra=...)`` with the rows of
+    all its call sites concatenated, in the layer's output dtype, and its bias is
+    ``FromFactors(extra=...)``. ``extra`` is the dense gradient of the parameter's uses outside
+    its Dense calls, or ``None`` when the loss has none (decided while tracing).
+
+  Raises:
+    ValueError: a selected layer that the loss does not call, that is not an ``nn.Dense``, or
+      that is called inside a flax lifted transformation (``nn.remat``, ``nn.scan``, ...).
   """
   selected = tuple(getattr(layers, "sfb_layers", layers))
   selected = {tuple(p) for p in selected}
@@ -112,56 +241,40 @@ def factored_value_and_grad(loss_fn: Callable[..., jax.Array], layers, *,
       if not c.is_dense:
         raise ValueError(f"sfb: layer {'/'.join(c.path)} is a {c.module_type}, not an nn.Dense; only "
                          "Dense kernels have sufficient factors (convolutions share weights)")
-    vma = _vma((params, args))
-    dtype = jax.tree.leaves(params)[0].dtype
-
-    def zero_probe(shape):
-      z = jnp.zeros(shape, dtype)
-      return lax.pcast(z, vma, to="varying") if vma else z
-
-    probes = [zero_probe(c.out_shape) for c in calls]
-
-    def frozen(params):
-      for path in selected:
-        for name in ("kernel", "bias"):
-          try:
-            leaf = _get(params, _kernel_path(path, name))
-          except (KeyError, TypeError):
-            continue
-          params = _replace(params, _kernel_path(path, name), lax.stop_gradient(leaf))
-      return params
-
-    def probed_loss(params, probes):
-      inputs: list[jax.Array] = []
-
-      def interceptor(next_fun, call_args, kwargs, context):
-        module = context.module
-        if (context.method_name == "__call__" and isinstance(module, nn.Dense)
-            and tuple(module.path) in selected):
-          i = len(inputs)
-          inputs.append(call_args[0])
-          return next_fun(*call_args, **kwargs) + probes[i]
-        return next_fun(*call_args, **kwargs)
-
-      with nn.intercept_methods(interceptor):
-        loss = loss_fn(frozen(params), *args)
-      return loss, inputs
-
-    (loss, inputs), (grads, deltas) = jax.value_and_grad(probed_loss, argnums=(0, 1), has_aux=True)(
-        params, probes)
+      c.refuse_if_lifted()
+    loss, grads, deltas, inputs, used = _probed_gradients(loss_fn, selected, calls, params, args)
+    _check_plan(layers, used, selected)
     for path in selected:
       rows = [(d, x) for c, d, x in zip(calls, deltas, inputs) if c.path == path]
       u = jnp.concatenate([d.reshape(-1, d.shape[-1]) for d, _ in rows])
-      v = jnp.concatenate([x.reshape(-1, x.shape[-1]) for _, x in rows])
-      grads = _replace(grads, _kernel_path(path, "kernel"), SufficientFactors(u, v, "flax"))
+      v = jnp.concatenate([x.reshape(-1, x.shape[-1]).astype(d.dtype) for d, x in rows])
+      extra = lambda name: _get(grads, _kernel_path(path, name)) if (path, name) in used else None
+      grads = _replace(grads, _kernel_path(path, "kernel"), SufficientFactors(u, v, "flax", extra("kernel")))
       try:
         _get(grads, _kernel_path(path, "bias"))
-        grads = _replace(grads, _kernel_path(path, "bias"), FromFactors())
+        grads = _replace(grads, _kernel_path(path, "bias"), FromFactors(extra("bias")))
       except (KeyError, TypeError):
         pass
     return loss, grads
 
   return fn
+
+
+def extra_uses(loss_fn: Callable, params, *args, layers) -> set:
+  """``{(path, "kernel" | "bias")}`` of the given Dense layers' parameters that ``loss_fn`` also
+  uses outside their Dense calls (abstract evaluation: shapes only, no FLOPs)."""
+  selected = {tuple(p) for p in layers}
+  used: set = set()
+
+  def run(params, *args):
+    calls = [c for c in module_calls(loss_fn, params, *args) if c.path in selected]
+    loss, _, _, _, found = _probed_gradients(loss_fn, selected, calls, params, args)
+    used.update(found)
+    return loss
+
+  if selected:
+    jax.eval_shape(run, params, *args)
+  return used
 
 
 def factored_grad(loss_fn: Callable[..., jax.Array], layers, *, axis_name: str | None = None) -> Callable:

@@ -18,32 +18,73 @@ import jax.numpy as jnp
 LAYOUTS = ("flax", "paper")
 
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class SufficientFactors:
-  """Stands in for one matrix parameter's gradient: ``grad = Σ_rows u vᵀ``.
+ORDER_FIX = ("put sfb.scale_by_sfb first in the chain: optax.chain(sfb.scale_by_sfb(axis), ...); "
+             "for gradient accumulation wrap only what follows it, "
+             "optax.chain(sfb.scale_by_sfb(axis), optax.MultiSteps(inner, k).gradient_transformation()), "
+             "i.e. MultiSteps after sfb.scale_by_sfb")
+
+
+class _FactoredGradient:
+  """Not an array and deliberately not a pytree node: an optax transformation placed before
+  ``scale_by_sfb`` (``scale``, ``clip_by_global_norm``, ``adam``, ``MultiSteps``) would map u and v
+  separately, e.g. scale the gradient Σ u vᵀ by the square of its factor. Every array operation on
+  it raises instead, naming the fix."""
+
+  def _message(self) -> str:
+    return (f"sfb: a {type(self).__name__} (a factored gradient) reached an operation that treats it "
+            f"as an array: a transformation before sfb.scale_by_sfb, or a jit/scan/cond boundary (it "
+            f"lives inside one step); {ORDER_FIX}")
+
+  def _refuse(self, *args, **kwargs):
+    raise TypeError(self._message())
+
+  def __getattr__(self, name):   # only for names the class does not define (e.g. .real)
+    if name.startswith("__"):
+      raise AttributeError(name)
+    raise AttributeError(self._message())
+
+  __array__ = astype = reshape = __neg__ = __pos__ = __abs__ = _refuse
+  __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _refuse
+  __truediv__ = __rtruediv__ = __pow__ = __rpow__ = __matmul__ = __rmatmul__ = _refuse
+  __lt__ = __le__ = __gt__ = __ge__ = _refuse
+  # properties, so that JAX's own getattr(x, "__jax_array__", None) probe raises this message
+  __jax_array__ = shape = dtype = ndim = size = property(_refuse)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SufficientFactors(_FactoredGradient):
+  """Stands in for one matrix parameter's gradient: ``grad = Σ_rows u vᵀ (+ extra)``.
 
   Attributes:
     u: (rows, J) output-side factors (loss cotangents of ``W a``).
     v: (rows, D) input-side factors (the inputs ``a``).
     layout: ``"flax"`` for a kernel stored (D, J) (``nn.Dense``: grad = Vᵀ U) or ``"paper"`` for
       ``W`` stored (J, D) as in the paper (grad = Uᵀ V).
+    extra: ``None``, or this device's dense gradient of the parameter's uses outside the factored
+      call (an L2 term written in the loss, tied weights); ``scale_by_sfb`` ``pmean``-s it next to
+      the gathered factors.
+
+  It is a leaf, not a pytree node: create and consume it inside one traced step (its arrays cannot
+  be a ``jit`` output or a ``scan`` carry), and give it only to ``scale_by_sfb`` first.
   """
   u: jax.Array
   v: jax.Array
-  layout: str = dataclasses.field(default="flax", metadata=dict(static=True))
+  layout: str = "flax"
+  extra: jax.Array | None = None
 
   def __post_init__(self):
     if self.layout not in LAYOUTS:
       raise ValueError(f"SufficientFactors.layout must be one of {LAYOUTS}, got {self.layout!r}")
 
   def validate(self) -> "SufficientFactors":
-    """Checks u (rows, J) and v (rows, D) agree on rows (not in __post_init__: JAX rebuilds
-    pytrees with placeholder leaves)."""
+    """Checks u (rows, J) and v (rows, D) agree on rows and ``extra`` has the matrix's shape."""
     us, vs = jnp.shape(self.u), jnp.shape(self.v)
     if len(us) != 2 or len(vs) != 2 or us[0] != vs[0]:
       raise ValueError(f"SufficientFactors needs u (rows, J) and v (rows, D) with the same rows; "
                        f"got u {us} and v {vs}")
+    if self.extra is not None and tuple(jnp.shape(self.extra)) != self.matrix_shape():
+      raise ValueError(f"SufficientFactors.extra has shape {jnp.shape(self.extra)}, the factors give "
+                       f"a {self.matrix_shape()} gradient")
     return self
 
   @property
@@ -63,13 +104,15 @@ class SufficientFactors:
                        f"parameter has shape {tuple(param_shape)}")
 
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class FromFactors:
+@dataclasses.dataclass(frozen=True, eq=False)
+class FromFactors(_FactoredGradient):
   """Placeholder for a bias whose gradient is ``Σ_rows u`` of its sibling kernel's factors.
 
-  ``scale_by_sfb`` fills it from the gathered U, so the bias costs no collective at all.
+  ``scale_by_sfb`` fills it from the gathered U, so the bias costs no collective at all, unless
+  ``extra`` (this device's dense gradient of the bias's other uses, e.g. an L2 term) is set: that
+  is ``pmean``-ed. A leaf like ``SufficientFactors``.
   """
+  extra: jax.Array | None = None
 
 
 def varying_axes(x) -> frozenset:
