@@ -50,3 +50,32 @@ def test_fosi_hb_beats_hb_at_equal_lr_on_digits():
     return next((h["step"] for h in history if "train_loss" in h and h["train_loss"] <= 0.03), 10 ** 6)
   fosi_steps, base_steps = steps_to("hb"), steps_to("base_hb")
   assert fosi_steps * 1.4 <= base_steps, (fosi_steps, base_steps)
+
+
+@pytest.mark.parametrize("name,overrides", [
+    ("dho2_mlp", {"algo.refresh_every": 7, "algo.warmup": 5}),
+    ("dho2_mlp", {"algo.refresh_every": 7, "algo.warmup": 5, "algo.curvature_delay": 2}),
+    ("dho2_mlp", {"algo.refresh_every": 7, "algo.warmup": 3, "algo.admm": "consensus", "algo.admm_rho": 1.0,
+                  "algo.admm_period": 4}),
+])
+def test_logged_bytes_are_the_branch_each_step_took(name, overrides):
+  """Issue 11 item 2.10: each step logs its own branch's measured bytes (not the refresh branch's on
+  every step); cum_bytes = sum over branches of measured bytes x steps; measured = analytic + 4."""
+  config = _config(name, "8", **overrides)
+  config.num_steps = 20
+  result = train.run(config, None, quiet=True)
+  method = train.build(config).method
+  final, history = result.final, result.history
+  labels = [method.branch_of(h["step"]) for h in history]
+  counts = {label: labels.count(label) for label in set(labels)}
+  assert "plain" in counts or "local" in counts
+  assert any(label.startswith("refresh") for label in counts) and len(counts) >= 3, counts
+  measured = final["bytes_per_branch"]
+  for label in counts:   # every branch that ran: measured from the compiled step == analytic + loss pmean
+    assert measured[label] == method.analytic_branches[label] + 4, (label, measured, method.analytic_branches)
+  assert [h["bytes"] for h in history] == [measured[label] for label in labels]
+  assert history[-1]["cum_bytes"] == sum(measured[label] * n for label, n in counts.items())
+  assert final["max_bytes_per_step"] == max(measured.values()) == final["analytic_bytes_per_step"] + 4
+  plain = measured.get("plain", measured.get("local"))
+  assert history[-1]["cum_bytes"] < 0.5 * final["max_bytes_per_step"] * 20 and plain < measured["refresh+" + (
+      "plain" if "plain" in measured else "local")] / 10
