@@ -78,3 +78,40 @@ def test_cli_bad_value_is_one_line_not_a_traceback():
 def test_cli_misspelt_field_fails_at_flag_parsing():
   proc = _launch("--config.learning_rate=0.1")
   assert proc.returncode != 0 and "learning_rate" in proc.stderr
+
+
+def test_algorithm_override_rebuilds_algo_fields():
+  from common import cli, fields
+  config = base_config("dense")
+  config.lock()
+  said = []
+  cli.apply_overrides(config, [("algo.rule", "wire"), ("algorithm", "sfb")], say=said.append)
+  assert config.algorithm == "sfb" and config.algo.rule == "wire" and "gflops" in config.algo
+  assert said and "config.algo rebuilt" in said[0]
+  fields.check(config)
+
+
+def test_algo_fields_of_another_algorithm_are_refused():
+  config = base_config("dense")
+  config.algorithm = "dho"     # set directly (API), so config.algo still holds dense's (no) fields
+  with pytest.raises(ConfigError, match=r"config.algo: holds the fields of another algorithm"):
+    train.validate(config, available_devices=8)
+
+
+def test_config_overrides_split_from_flags():
+  from common import cli
+  rest, overrides = cli.split_config_args(
+      ["launch.py", "--config", "x.py", "--config.lr=0.1", "--config.widths", "(8, 8)", "--noconfig.x64",
+       "--config.use_bias", "--workdir", "w"])
+  assert rest == ["launch.py", "--config", "x.py", "--workdir", "w"]
+  assert overrides == [("lr", "0.1"), ("widths", "(8, 8)"), ("x64", "false"), ("use_bias", None)]
+
+
+def test_first_progress_line_has_a_rate():
+  from common.metrics import Chronometer
+  chrono = Chronometer(10)
+  chrono.add(0.5)
+  assert chrono.rate() == 2.0 and chrono.eta_s(1) == 4.5
+  chrono.add(0.1)
+  chrono.add(0.1)
+  assert abs(chrono.rate() - 10.0) < 1e-9   # steady: the first step's one-off cost is left out
