@@ -81,7 +81,7 @@ def main(argv=None):
   if args.two_process:
     column = two_process_column(rows, mesh)
     for cell in column:
-      print(f"{cell.row:<30} {'2proc':<12} {cell.text()} {cell.message}")
+      print(f"{cell.row:<30} {'2proc':<12} {cell.text()}")
     table += column
     cases = cases + ["2proc"]
   if args.markdown:
