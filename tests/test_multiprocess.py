@@ -125,6 +125,7 @@ def test_killing_a_peer_ends_the_survivor_with_the_harness_line(tmp_path):
 def test_killing_either_peer_five_times(tmp_path, victim):
   times = []
   for attempt in range(5):
+    (tmp_path / str(attempt)).mkdir()
     elapsed, _ = kill_one(tmp_path / str(attempt), victim)
     times.append(round(elapsed, 2))
   print(f"victim {victim}: survivor exited after {times} s")
