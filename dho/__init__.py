@@ -3,15 +3,18 @@
 Public API: ``fosi`` and the presets ``fosi_adam``, ``fosi_momentum``, ``fosi_nesterov``,
 ``fosi_sgd``; ``dho2`` (coordinate-sharded curvature, MR delay, ADMM period rule
 ``admm="reference"`` and consensus ADMM ``admm="consensus"``);
-``lanczos``, ``extreme_eigenpairs``, ``hvp`` (usable on their own); ``state_specs``,
-``sharded_leaves``, ``payload_bytes``, ``basis_bytes``; ``paper_presets``.
+``lanczos``, ``extreme_eigenpairs``, ``hvp``, ``curvature_basis`` (usable on their own); ``state_specs``,
+``sharded_leaves``, ``payload_bytes``, ``basis_bytes``; ``coordinatewise`` (the base-optimizer check);
+``paper_presets``.
 Imports only jax, optax, numpy.
 """
-from dho.fosi import (MOMENTUM, Dho2State, FosiState, Pairs, basis_bytes, dho2, fosi, fosi_adam, fosi_momentum,
-                      fosi_nesterov, fosi_sgd, payload_bytes, sharded_leaves, state_specs)
+from dho.fosi import (MOMENTUM, Dho2State, FosiState, FullBaseState, Pairs, basis_bytes, curvature_basis, dho2,
+                      fosi, fosi_adam, fosi_momentum, fosi_nesterov, fosi_sgd, payload_bytes, sharded_leaves,
+                      state_specs)
 from dho.lanczos import Layout, LanczosResult, extreme_eigenpairs, hvp, lanczos, lanczos_dtype
-from dho import paper_presets
+from dho import coordinatewise, paper_presets
 
-__all__ = ["MOMENTUM", "Dho2State", "FosiState", "Pairs", "basis_bytes", "dho2", "fosi", "fosi_adam", "fosi_momentum",
-           "fosi_nesterov", "fosi_sgd", "payload_bytes", "sharded_leaves", "state_specs", "Layout",
-           "LanczosResult", "extreme_eigenpairs", "hvp", "lanczos", "lanczos_dtype", "paper_presets"]
+__all__ = ["MOMENTUM", "Dho2State", "FosiState", "FullBaseState", "Pairs", "basis_bytes", "curvature_basis", "dho2",
+           "fosi", "fosi_adam", "fosi_momentum", "fosi_nesterov", "fosi_sgd", "payload_bytes", "sharded_leaves",
+           "state_specs", "Layout", "LanczosResult", "extreme_eigenpairs", "hvp", "lanczos", "lanczos_dtype",
+           "coordinatewise", "paper_presets"]

@@ -40,6 +40,7 @@ import optax
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
+from dho import coordinatewise
 from dho.lanczos import Layout, extreme_eigenpairs, lanczos, lanczos_dtype
 
 MOMENTUM = ("heavy_ball", "ema", "nesterov", "none")
@@ -73,6 +74,11 @@ class Pairs(NamedTuple):
   inv_abs_eig: jax.Array
   eigvals: jax.Array
   scale: jax.Array
+
+
+class FullBaseState(NamedTuple):
+  """``dho2(replicated_base=True)``: the base state on all n coordinates, the same on every device."""
+  inner: Any
 
 
 class Dho2State(NamedTuple):
@@ -121,6 +127,30 @@ def _fosi_direction(g, pairs, velocity, base_state, theta, proj, base, vel_rule,
   return (pairs.scale * d - alpha * newton).astype(dt), velocity, base_state
 
 
+def _on_full_vector(base, layout, flat_params):
+  """``replicated_base``: ``base`` as a transformation of this device's slice that runs the base on
+  the full vector (all-gather of the slice, base on all n coordinates with the full params, as the
+  reference [F] does) and returns its own slice of the step. Exact for any base."""
+  def update(g_loc, state, theta_loc):
+    del theta_loc
+    d, inner = base.update(layout.gather(g_loc), state.inner, flat_params)
+    return layout.own(d), FullBaseState(inner)
+  return optax.GradientTransformation(lambda p: FullBaseState(base.init(p)), update)
+
+
+def _check_coordinatewise(base, dtype):
+  """Refuses a base that mixes coordinates when dho2 would run it on slices (issue 11, 2.6)."""
+  culprit = coordinatewise.violation(base, dtype)
+  if culprit is not None:
+    raise ValueError(
+        f"dho2: the base optimizer is not coordinate-wise (its update uses `{culprit}` across coordinates, "
+        "e.g. a global norm as in clip_by_global_norm, a trust ratio, an RMS clip or noise). dho2 runs the base "
+        "on each device's slice of ceil(n/P) coordinates, which would silently differ from FOSI. Pass "
+        "dho2(..., replicated_base=True) to run the base on the full gathered vector (exact; n floats "
+        "all-gathered per step and the full base state on every device), or use a coordinate-wise base "
+        "(sgd, momentum, nesterov, adam, schedule-free, ...).")
+
+
 def _match_vma(new, like):
   """pcast ``new``'s leaves to varying over the axes ``like``'s leaves vary over (cond branches)."""
   def varying(x):
@@ -164,7 +194,7 @@ def _momentum(rule: str, beta):
 def _build(base: optax.GradientTransformation, loss_fn: Callable, *, k, l, m, refresh_every, warmup,
            alpha, scale_clip, momentum, decay, seed, eig_floor, eig_shift, axis_name, num_shards,
            dho2_state, admm=None, admm_period=None, admm_sigma=5e-9, admm_rho=None, curvature_delay=0,
-           lanczos_dtype_=None) -> optax.GradientTransformationExtraArgs:
+           replicated_base=False, lanczos_dtype_=None) -> optax.GradientTransformationExtraArgs:
   if not isinstance(base, optax.GradientTransformation):
     raise ValueError(f"base must be an optax.GradientTransformation, got {type(base).__name__}")
   if not callable(loss_fn):
@@ -200,6 +230,10 @@ def _build(base: optax.GradientTransformation, loss_fn: Callable, *, k, l, m, re
     raise ValueError("admm='consensus' does not support curvature_delay > 0")
   consensus = admm == "consensus"
   sharded = axis_name is not None and dho2_state
+  if replicated_base and (not sharded or consensus):
+    raise ValueError("replicated_base=True is for dho2's coordinate-sharded mode (an axis_name, admm not "
+                     "'consensus'); elsewhere the base already runs on the full vector")
+  sliced_base = sharded and not consensus and not replicated_base
   vel_rule = _momentum(momentum, decay)
 
   def layout_for(n):
@@ -217,9 +251,15 @@ def _build(base: optax.GradientTransformation, loss_fn: Callable, *, k, l, m, re
       return consensus_init(flat)
     s = local_size(n)
     dt = flat.dtype
+    if sliced_base and num_shards > 1:
+      _check_coordinatewise(base, dt)
+    if replicated_base:
+      base_state = _on_full_vector(base, layout_for(n), flat).init(flat)
+    else:   # sliced: a placeholder of the right structure, rebuilt from the own slice at call 0
+      base_state = base.init(jnp.zeros((s,), dt) if sharded else flat)
     fs = FosiState(
         count=jnp.zeros([], jnp.int32),
-        base_state=base.init(jnp.zeros((s,), dt) if sharded else flat),
+        base_state=base_state,
         velocity=jnp.zeros((s,), dt),
         eigvecs=jnp.zeros((r, s), dt),
         inv_abs_eig=jnp.zeros((r,), dt),
@@ -235,23 +275,12 @@ def _build(base: optax.GradientTransformation, loss_fn: Callable, *, k, l, m, re
       disp, anchor = jnp.zeros((s,), dt), jnp.zeros((s,), dt)
     return Dho2State(fs.count, fs, disp, anchor, pending, pending_at)
 
-  def refresh(params, batch, n, dt, shift=eig_shift):
+  def refresh(params, batch, dt, shift=eig_shift):
     """Lanczos ESE at ``params`` on ``batch`` -> new ``Pairs`` ([F] Alg. 1, Eq. (3)).
 
     ``shift`` is added to the Ritz values for ``1/|lambda + shift|`` and ``c`` (default eig_shift)."""
-    layout = layout_for(n)
-    _, unravel = ravel_pytree(params)
-    p_var = params if axis_name is None else lax.pcast(params, axis_name, to="varying")
-    grad_flat = lambda q: ravel_pytree(jax.grad(loss_fn)(q, batch))[0]
-
-    def hvp_loc(v_loc):
-      tangent = unravel(layout.gather(v_loc.astype(dt)))
-      if axis_name is not None:
-        tangent = lax.pcast(tangent, axis_name, to="varying")
-      return layout.reduce(jax.jvp(grad_flat, (p_var,), (tangent,))[1])
-
-    res = lanczos(hvp_loc, n, m, jax.random.PRNGKey(seed), axis_name=axis_name if sharded else None,
-                  num_shards=num_shards, dtype=lanczos_dtype_)
+    res = curvature_basis(loss_fn, params, batch, m=m, seed=seed, axis_name=axis_name, num_shards=num_shards,
+                          partitioned=dho2_state, dtype=lanczos_dtype_)
     vals, vecs, ok = extreme_eigenpairs(res.tridiag, res.basis, k, l, res.valid_len)
     if not (isinstance(eig_floor, (int, float)) and eig_floor == 0):
       ok = ok & (jnp.abs(vals) >= eig_floor * jnp.max(jnp.abs(vals)))
@@ -285,7 +314,7 @@ def _build(base: optax.GradientTransformation, loss_fn: Callable, *, k, l, m, re
     if r > 0:
       due = (count + 1 >= warmup) & ((count + 1 - warmup) % refresh_every == 0)
       like = pairs if curvature_delay == 0 else pending
-      fresh = lambda: _match_vma(refresh(params, batch, n, dt), like)
+      fresh = lambda: _match_vma(refresh(params, batch, dt), like)
       if curvature_delay == 0:
         pairs = lax.cond(due, fresh, lambda: pairs)
       else:  # MR-DHO2 emulation: pairs of the snapshot at call t become active at call t + D
@@ -297,22 +326,26 @@ def _build(base: optax.GradientTransformation, loss_fn: Callable, *, k, l, m, re
 
     g = layout.reduce(flat_g.astype(dt))
     theta = layout.own(flat_p)
+    step_base = _on_full_vector(base, layout, flat_p) if replicated_base else base
+    base_state = fs.base_state
+    if sliced_base:   # init ran outside shard_map: build the base state from this device's slice now
+      base_state = lax.cond(count == 0, lambda: _match_vma(base.init(theta), base_state), lambda: base_state)
     disp, anchor = (state.admm_disp, state.admm_anchor) if dho2_state else (None, None)
     if admm is not None:
       g = g + admm_sigma * disp            # g_hat = g + pi, pi = sigma * sum(delta)
       anchor = jnp.where(count % admm_period == 0, theta, anchor)
     if r > 0:
       def hybrid():
-        return _fosi_direction(g, pairs, fs.velocity, fs.base_state, theta,
-                               lambda x: layout.rsum(pairs.eigvecs @ x), base, vel_rule, alpha, dt)
+        return _fosi_direction(g, pairs, fs.velocity, base_state, theta,
+                               lambda x: layout.rsum(pairs.eigvecs @ x), step_base, vel_rule, alpha, dt)
 
       def plain():   # no pairs yet (V = 0): the base step exactly, bit for bit
-        d, base_state = base.update(g, fs.base_state, theta)
-        return d.astype(dt), fs.velocity, base_state
+        d, new_base_state = step_base.update(g, base_state, theta)
+        return d.astype(dt), fs.velocity, new_base_state
       u, velocity, base_state = lax.cond(count + 1 < warmup + curvature_delay, plain, hybrid)
     else:
       velocity = fs.velocity
-      u, base_state = base.update(g, fs.base_state, theta)
+      u, base_state = step_base.update(g, base_state, theta)
       u = u.astype(dt)
     if admm is not None:                   # end of period: x <- x + pi/sigma, pi += sigma (x - a)
       end = (count + 1) % admm_period == 0
@@ -358,7 +391,7 @@ def _build(base: optax.GradientTransformation, loss_fn: Callable, *, k, l, m, re
       due = (count + 1 >= warmup) & ((count + 1 - warmup) % refresh_every == 0)
 
       def fresh():
-        new = refresh(params, batch, n, dt, shift=eig_shift + admm_rho)
+        new = refresh(params, batch, dt, shift=eig_shift + admm_rho)
         vecs = new.eigvecs
         if layout.sharded:   # slices (r, s) -> full rows (r, n) on every device: r*n floats gathered
           vecs = lax.all_gather(vecs, axis_name, axis=1, tiled=True, to="invarying")[:, :n]
@@ -387,6 +420,33 @@ def _build(base: optax.GradientTransformation, loss_fn: Callable, *, k, l, m, re
     return unravel(u), Dho2State(new_count, new_fs, admm_x=x, admm_dual=dual)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def curvature_basis(loss_fn: Callable, params, batch, *, m: int, seed: int = 0, axis_name=None,
+                    num_shards: int = 1, partitioned: bool = True, dtype=None):
+  """The ESE of a refresh ([F] Alg. 1): ``m`` Lanczos iterations on the Hessian of ``loss_fn`` at
+  ``params`` on ``batch`` (mean over ``axis_name`` when set), from the start vector ``PRNGKey(seed)``.
+
+  ``partitioned`` (``dho2``, [P1]): the HVP's input is all-gathered from slices and its output
+  reduce-scattered, so the basis is this device's (m, ceil(n/P)) slice; otherwise (``fosi``, the
+  reference ``b_parallel``) the HVP is ``pmean``-ed and the basis is the full (m, n) on every device.
+  Returns ``LanczosResult``; ``fosi``/``dho2`` call it at each refresh, and it is public so the
+  basis a refresh builds can be measured on a given model.
+  """
+  flat, unravel = ravel_pytree(params)
+  n, dt = flat.shape[0], flat.dtype
+  layout = Layout(n, num_shards, axis_name, partitioned=partitioned)
+  p_var = params if axis_name is None else lax.pcast(params, axis_name, to="varying")
+  grad_flat = lambda q: ravel_pytree(jax.grad(loss_fn)(q, batch))[0]
+
+  def hvp_loc(v_loc):
+    tangent = unravel(layout.gather(v_loc.astype(dt)))
+    if axis_name is not None:
+      tangent = lax.pcast(tangent, axis_name, to="varying")
+    return layout.reduce(jax.jvp(grad_flat, (p_var,), (tangent,))[1])
+
+  return lanczos(hvp_loc, n, m, jax.random.PRNGKey(seed), axis_name=axis_name if layout.sharded else None,
+                 num_shards=num_shards, dtype=dtype)
 
 
 def fosi(base: optax.GradientTransformation, loss_fn: Callable, *, k: int = 5, l: int = 0,
@@ -443,7 +503,8 @@ def dho2(base: optax.GradientTransformation, loss_fn: Callable, *, num_shards: i
          mesh=None, axis_name="data", k: int = 16, l: int = 0, m: int | None = None, refresh_every: int = 100,
          warmup: int = 1, alpha=0.1, scale_clip=3.0, momentum: str = "ema", decay=0.9, seed: int = 0,
          eig_floor=0.0, eig_shift=0.0, admm: str | None = None, admm_period: int | None = None,
-         admm_sigma=5e-9, admm_rho=None, curvature_delay: int = 0, lanczos_dtype=None):
+         admm_sigma=5e-9, admm_rho=None, curvature_delay: int = 0, replicated_base: bool = False,
+         lanczos_dtype=None):
   """DHO2 ([P1], [P2]): FOSI with the curvature sharded by parameter coordinate over ``axis_name``.
 
   Device p of the ``num_shards``-device axis owns coordinates ``[p*s, (p+1)*s)`` of the flattened
@@ -451,7 +512,13 @@ def dho2(base: optax.GradientTransformation, loss_fn: Callable, *, num_shards: i
   eigenvectors (r x s), of the velocity and of the base-optimizer state. The local gradients are
   reduce-scattered (``psum_scatter``/P), every projection onto span V is a ``psum`` of r partials,
   each device computes the update of its own coordinates and the update is all-gathered. Identical
-  to ``fosi`` for coordinate-wise base optimizers (SGD, heavy ball, Nesterov, Adam).
+  to ``fosi`` for coordinate-wise base optimizers (SGD, heavy ball, Nesterov, Adam, schedule-free).
+  The base state is built from this device's slice of the (zero-padded) flattened parameters at
+  the first ``update`` (``init`` runs outside ``shard_map`` and does not know the device), so a
+  base whose state holds the parameters (``optax.contrib.schedule_free_sgd``: z = params) is exact.
+  ``init`` refuses (``ValueError``) a base that is not coordinate-wise (``dho.coordinatewise``:
+  a static dataflow check of its traced update; e.g. ``clip_by_global_norm``) unless
+  ``replicated_base=True``.
 
   Args:
     warmup: W; the first refresh is at 0-based call W-1 (default 1: at the first call, as [C2]).
@@ -479,6 +546,11 @@ def dho2(base: optax.GradientTransformation, loss_fn: Callable, *, num_shards: i
     admm_sigma: sigma of ``admm="reference"`` (unused by ``"consensus"``).
     admm_rho: rho > 0 of ``admm="consensus"`` (required there; an error with any other ``admm``).
     curvature_delay: D; pairs from the snapshot at call t are used from call t+D (MR-DHO2 [P1]).
+    replicated_base: run the base optimizer on the full vector (spec 5.3): the slice of ``g2`` is
+      all-gathered (s floats sent per device per step), the base runs on all n coordinates with the
+      full params on every device (its state, n-sized, is replicated) and each device keeps its own
+      slice of the step. Exact for any base (global-norm clipping, LAMB, ...); costs the base
+      state's 1/P memory saving.
     Other arguments: see ``fosi``. ``init`` returns the per-device state (``s``-sized slices);
     ``sharded_leaves`` marks which leaves differ per device.
   """
@@ -492,13 +564,14 @@ def dho2(base: optax.GradientTransformation, loss_fn: Callable, *, num_shards: i
                 scale_clip=scale_clip, momentum=momentum, decay=decay, seed=seed, eig_floor=eig_floor,
                 eig_shift=eig_shift, axis_name=axis_name, num_shards=num_shards, dho2_state=True,
                 admm=admm, admm_period=admm_period, admm_sigma=admm_sigma, admm_rho=admm_rho,
-                curvature_delay=curvature_delay, lanczos_dtype_=lanczos_dtype)
+                curvature_delay=curvature_delay, replicated_base=replicated_base, lanczos_dtype_=lanczos_dtype)
 
 
 def sharded_leaves(state) -> Any:
   """Bool tree: True on ``Dho2State`` leaves that differ per device (one slice or replica each).
 
-  Coordinate-sharded modes: base state, velocity, eigenvector slices, ADMM vectors. Consensus mode
+  Coordinate-sharded modes: base state (unless ``replicated_base``), velocity, eigenvector slices,
+  ADMM vectors. Consensus mode
   (``admm_x`` set): the replica's iterate and dual, velocity and base state; the full eigenvectors,
   eigenvalues, scale and count are replicated."""
   false = lambda t: jax.tree.map(lambda _: False, t)
@@ -509,9 +582,10 @@ def sharded_leaves(state) -> Any:
   if state.admm_x is not None:
     return Dho2State(count=False, fosi=FosiState(False, true(fs.base_state), True, False, False, False, False),
                      admm_x=True, admm_dual=True)
+  base_marks = false(fs.base_state) if isinstance(fs.base_state, FullBaseState) else true(fs.base_state)
   return Dho2State(
       count=False,
-      fosi=FosiState(False, true(fs.base_state), True, True, False, False, False),
+      fosi=FosiState(False, base_marks, True, True, False, False, False),
       admm_disp=true(state.admm_disp), admm_anchor=true(state.admm_anchor),
       pending=None if state.pending is None else Pairs(True, False, False, False),
       pending_at=false(state.pending_at))
@@ -525,11 +599,13 @@ def state_specs(state, axis_name="data") -> Any:
 
 def payload_bytes(n: int, *, k: int, l: int = 0, m: int | None = None, num_shards: int = 1,
                   sharded: bool = True, refresh: bool = True, param_bytes: int = 4,
-                  lanczos_bytes: int = 4, admm: str | None = None, consensus_step: bool = True) -> int:
+                  lanczos_bytes: int = 4, admm: str | None = None, consensus_step: bool = True,
+                  replicated_base: bool = False) -> int:
   """Analytic bytes each device sends per step (``collective_bytes`` payload convention).
 
   Sharded (``dho2``, P > 1): reduce-scatter of the gradient (P*s*pb), all-gather of the update
-  slice (s*pb), 3 psums of r numbers (pb); a refresh adds, per Lanczos iteration, the all-gather of
+  slice (s*pb), 3 psums of r numbers (pb), with ``replicated_base`` the all-gather of the base's
+  input slice (s*pb); a refresh adds, per Lanczos iteration, the all-gather of
   v (s*pb), the reduce-scatter of Hv (P*s*pb), and psums of 1 + 2m + 1 numbers (lb).
   Replicated basis (``fosi`` with an axis): all-reduce of the gradient (n*pb) and of each HVP.
   ``admm="consensus"`` (``dho2``): a local step sends nothing; a consensus step (``consensus_step``)
@@ -550,6 +626,8 @@ def payload_bytes(n: int, *, k: int, l: int = 0, m: int | None = None, num_shard
   if not sharded:
     return n * param_bytes * (1 + (m if (refresh and r) else 0))
   step = num_shards * s * param_bytes + s * param_bytes + (3 * r * param_bytes if r else 0)
+  if replicated_base:
+    step += s * param_bytes
   if refresh and r:
     step += m * (s * param_bytes + num_shards * s * param_bytes + (2 + 2 * m) * lanczos_bytes)
   return step
