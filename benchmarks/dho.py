@@ -1,8 +1,9 @@
 """FOSI / DHO2 benchmark: per-device curvature memory vs P, steps-to-target-loss of FOSI vs its
 base optimizer on the digits MLP, and step time with the Lanczos refresh amortised.
 
-    python -m benchmarks.dho                 # writes benchmarks/results/dho.md and dho_*.png
+    python -m benchmarks.dho                 # writes benchmarks/results/dho.md, dho_memory.md and dho_*.png
     python -m benchmarks.dho --quick         # fewer steps / LRs (smoke run)
+    python -m benchmarks.dho --part memory   # only the memory table (dho_memory.md, dho_memory.png)
 
 CPU with simulated devices sharing the machine's cores: bytes are exact; times describe this
 harness, not a cluster.
@@ -17,14 +18,13 @@ import time
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
-from jax import lax  # noqa: E402
 
 import dho  # noqa: E402
 from benchmarks.notes import write_result  # noqa: E402
 from common import comm, mesh as mesh_lib, train  # noqa: E402
+from common.algos.base import AXIS, BuildContext  # noqa: E402
 from configs import dho_mlp_digits  # noqa: E402
 from configs.common import base_config  # noqa: E402
 
@@ -41,23 +41,31 @@ def _memory_config(p, variant, widths, k, m):
   return c
 
 
-def _basis_shard_bytes(n, m, p):
-  """Runs the sharded Lanczos on a diagonal operator and reads the basis shards' sizes."""
-  layout = dho.Layout(n, p, "data")
-  diag = jnp.linspace(0.1, 10.0, n, dtype=jnp.float32)
+def _per_device_bytes(tree):
+  """Bytes one device holds of a tree of placed arrays (its first addressable shard of each leaf)."""
+  return sum(next(iter(a.addressable_shards)).data.nbytes for a in jax.tree.leaves(tree))
 
-  def body(d):
-    res = dho.lanczos(lambda v: v * layout.own(d) if layout.sharded else v * d, n, m,
-                      jax.random.PRNGKey(0), axis_name="data", num_shards=p)
+
+def _measured_basis_bytes(exp, variant, m):
+  """Per-device bytes of the Lanczos basis a refresh builds on the experiment's own model:
+  ``dho.curvature_basis`` (the function ``fosi``/``dho2`` call at each refresh) on the model's loss at
+  its initial params and the first local rows of each device's shard, under the experiment's mesh."""
+  ctx = BuildContext(model=exp.model, dataset=exp.dataset, params=exp.params, num_devices=exp.mesh.shape[AXIS],
+                     batch_per_device=exp.config.batch_size // exp.mesh.shape[AXIS])
+
+  def body(params, shard):
+    batch = jax.tree.map(lambda a: a[:ctx.batch_per_device], shard)
+    res = dho.curvature_basis(ctx.loss_fn, params, batch, m=m, axis_name=AXIS, num_shards=ctx.num_devices,
+                              partitioned=variant == "dho2")
     return res.basis[None]
-  mesh = mesh_lib.make_mesh(p)
-  basis = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(jax.P(),), out_specs=jax.P("data")))(diag)
-  return {s.data.nbytes for s in basis.addressable_shards}.pop()
+  basis = jax.jit(jax.shard_map(body, mesh=exp.mesh, in_specs=(jax.P(), jax.P(AXIS)),
+                                out_specs=jax.P(AXIS)))(exp.params, exp.shard)
+  return _per_device_bytes(basis)
 
 
 def memory_rows(widths=(256, 256), k=10, m=40):
   rows = []
-  for variant, ps in (("dho2", (1, 2, 4, 8)), ("fosi", (8,))):
+  for variant, ps in (("dho2", (1, 2, 4, 8)), ("fosi", (1, 8))):
     for p in ps:
       config = _memory_config(p, variant, widths, k, m)
       exp = train.build(config, mesh=mesh_lib.make_mesh(p))
@@ -65,13 +73,13 @@ def memory_rows(widths=(256, 256), k=10, m=40):
       mem = compiled.memory_analysis()
       fs = exp.opt_state.fosi if hasattr(exp.opt_state, "fosi") else exp.opt_state
       n = sum(x.size for x in jax.tree.leaves(exp.params))
-      shard = lambda a: next(iter(a.addressable_shards)).data.nbytes
-      rows.append(dict(variant=variant, P=p, n=n, eigvec=shard(fs.eigvecs), velocity=shard(fs.velocity),
-                       base=sum(shard(a) for a in jax.tree.leaves(fs.base_state)),
-                       basis_shards=_basis_shard_bytes(n, m, p) if variant == "dho2" else 4 * m * n,
+      rows.append(dict(variant=variant, P=p, n=n, eigvec=_per_device_bytes(fs.eigvecs),
+                       velocity=_per_device_bytes(fs.velocity), base=_per_device_bytes(fs.base_state),
+                       state=_per_device_bytes(exp.opt_state), basis=_measured_basis_bytes(exp, variant, m),
                        basis_analytic=dho.basis_bytes(n, m, p if variant == "dho2" else 1),
                        temp=mem.temp_size_in_bytes, args=mem.argument_size_in_bytes,
-                       payload=comm.collective_bytes(compiled).payload))
+                       payload=comm.collective_bytes(compiled).payload,
+                       plain=comm.collective_bytes(compiled, taken={"refresh": False, "hybrid": True}).payload))
       print("memory", rows[-1], flush=True)
   return rows
 
@@ -136,7 +144,7 @@ def step_times(steps, refresh_every=50):
 
 
 # ----------------------------------------------------------------------------- report
-def plot(out_curves, best, mem, path_curves, path_mem):
+def plot_curves(best, path_curves):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -149,10 +157,16 @@ def plot(out_curves, best, mem, path_curves, path_mem):
     ax.set_yscale("log"); ax.set_xlabel("step"); ax.set_ylabel("full train loss"); ax.grid(alpha=.3)
     ax.legend(fontsize=8); ax.set_title(f"digits MLP 64-64-10, 8 devices: {base.upper()} base")
   fig.tight_layout(); fig.savefig(path_curves, dpi=110); plt.close(fig)
+
+
+def plot_memory(mem, path_mem):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(5.5, 4))
   d = [r for r in mem if r["variant"] == "dho2"]
   ps = [r["P"] for r in d]
-  for key, label in (("basis_shards", "Lanczos basis (f32, m=40)"), ("eigvec", "eigenvectors (r=10)"),
+  for key, label in (("basis", "Lanczos basis (f32, m=40)"), ("eigvec", "eigenvectors (r=10)"),
                      ("velocity", "velocity"), ("base", "base-optimizer state")):
     ax.plot(ps, [r[key] for r in d], "o-", label=label)
   ax.set_xscale("log", base=2); ax.set_yscale("log"); ax.set_xlabel("devices P")
@@ -161,9 +175,41 @@ def plot(out_curves, best, mem, path_curves, path_mem):
   fig.tight_layout(); fig.savefig(path_mem, dpi=110); plt.close(fig)
 
 
+def memory_markdown(mem, cmd, seconds):
+  L = ["### dho: per-device curvature memory (FOSI vs DHO2)", "",
+       f"Command: `{cmd}` on {jax.default_backend()} ({os.cpu_count()} cores shared with other jobs), "
+       f"{seconds:.0f} s. Plot: `benchmarks/results/dho_memory.png`.", "",
+       f"MLP 64-256-256-10 on digits, n = {mem[0]['n']:,}, k = 10, m = 40, momentum base, float32 (x64 off). "
+       "Every number is read from arrays placed on the mesh (bytes of one device's shard): *basis* = the basis "
+       "that `dho.curvature_basis` (the function both transformations call at each refresh) builds on this "
+       "model's own loss, at its initial params and a batch of its data, under the same mesh (fosi: the full "
+       "m x n on every device; dho2: an m x ceil(n/P) slice); *analytic* = `dho.basis_bytes`; eigvec / velocity "
+       "/ base / all state = the leaves of the optimizer state the train step carries; *temp* and *args* = the "
+       "compiled train step's `memory_analysis()` (the basis lives only inside the refresh, so it is in temp); "
+       "payload = measured collective bytes per device of the compiled step (`comm.collective_bytes`): the "
+       "plain FOSI step's branch, and the refresh step's (the largest). At P = 1 XLA keeps the group-of-one "
+       "collectives, which move nothing.", "",
+       "| variant | P | basis (measured) | basis analytic | eigvec r x s | velocity | base state | all opt state "
+       "| compiled temp | compiled args | payload plain step | payload refresh step |",
+       "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  for r in mem:
+    L.append(f"| {r['variant']} | {r['P']} | {r['basis']:,} | {r['basis_analytic']:,} | {r['eigvec']:,} | "
+             f"{r['velocity']:,} | {r['base']:,} | {r['state']:,} | {r['temp']:,} | {r['args']:,} | "
+             f"{r['plain']:,.0f} | {r['payload']:,.0f} |")
+  d = {(r["variant"], r["P"]): r for r in mem}
+  f8, d8, d1 = d[("fosi", 8)], d[("dho2", 8)], d[("dho2", 1)]
+  L += ["", f"At P = 8, dho2 / fosi per device: basis {d8['basis'] / f8['basis']:.3f}, all optimizer state "
+        f"{d8['state'] / f8['state']:.3f}, compiled temp {d8['temp'] / f8['temp']:.3f}, compiled args "
+        f"{d8['args'] / f8['args']:.3f}. dho2 P = 8 / P = 1: basis {d8['basis'] / d1['basis']:.3f}, state "
+        f"{d8['state'] / d1['state']:.3f}, temp {d8['temp'] / d1['temp']:.3f}."]
+  return "\n".join(L)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser()
   parser.add_argument("--quick", action="store_true")
+  parser.add_argument("--part", choices=("all", "memory"), default="all",
+                      help="memory: only the per-device memory table (benchmarks/results/dho_memory.md)")
   args = parser.parse_args(argv)
   logging.set_verbosity(logging.ERROR)
   t_start = time.time()
@@ -171,7 +217,13 @@ def main(argv=None):
   seeds = (0,) if args.quick else (0, 1)
   grids = {"hb": (0.05, 0.1, 0.2, 0.4) if not args.quick else (0.1,),
            "adam": (1e-3, 3e-3, 1e-2, 3e-2) if not args.quick else (3e-3,)}
+  os.makedirs(RESULTS, exist_ok=True)
   mem = memory_rows()
+  plot_memory(mem, os.path.join(RESULTS, "dho_memory.png"))
+  mem_cmd = "python -m benchmarks.dho --part memory" if args.part == "memory" else "python -m benchmarks.dho"
+  print("wrote", write_result("dho_memory", memory_markdown(mem, mem_cmd, time.time() - t_start)))
+  if args.part == "memory":
+    return
   out = curves(steps, grids, seeds)
   times = step_times(200 if args.quick else 400)
 
@@ -196,33 +248,13 @@ def main(argv=None):
       ratio_rows.append(dict(base=base, target=target, kind="same LR", base_lr=lr, fosi_lr=lr,
                              base_steps=first_reach(cb, target), fosi_steps=first_reach(cf, target)))
 
-  path_curves = os.path.join(RESULTS, "dho_curves.png")
-  path_mem = os.path.join(RESULTS, "dho_memory.png")
-  os.makedirs(RESULTS, exist_ok=True)
-  plot(out, best, mem, path_curves, path_mem)
+  plot_curves(best, os.path.join(RESULTS, "dho_curves.png"))
 
   cmd = "python -m benchmarks.dho" + (" --quick" if args.quick else "")
   L = ["### dho: FOSI / DHO2 (curvature sharded by parameter coordinate)", "",
        f"Command: `{cmd}` on {jax.default_backend()} ({os.cpu_count()} cores shared with other jobs; "
-       f"simulated devices share them), {time.time() - t_start:.0f} s. Plots: `benchmarks/results/dho_curves.png`, "
-       "`benchmarks/results/dho_memory.png`.", "",
-       "**Per-device curvature memory vs P** (MLP 64-256-256-10 on digits, "
-       f"n = {mem[0]['n']:,}, k = 10, m = 40, float32 since x64 is off). *basis (shards)* = bytes of one "
-       "device's shard of the Lanczos basis returned by `dho.lanczos` under `shard_map`; eigvec / velocity / "
-       "base = one device's shard of the optimizer state (`addressable_shards`); *temp* and *args* = the compiled "
-       "train step's `memory_analysis()` (temp includes the basis, which only lives inside the refresh); payload = "
-       "measured collective bytes of the compiled step (refresh branch counted; at P=1 XLA keeps the "
-       "group-of-one collectives, which move nothing).", "",
-       "| variant | P | basis (shards) | basis analytic m*ceil(n/P)*4 | eigvec r x s | velocity | base state "
-       "| compiled temp | compiled args | payload/step |", "|---|---|---|---|---|---|---|---|---|---|"]
-  for r in mem:
-    L.append(f"| {r['variant']} | {r['P']} | {r['basis_shards']:,} | {r['basis_analytic']:,} | {r['eigvec']:,} | "
-             f"{r['velocity']:,} | {r['base']:,} | {r['temp']:,} | {r['args']:,} | {r['payload']:,.0f} |")
-  d = {r["P"]: r for r in mem if r["variant"] == "dho2"}
-  L += ["", f"Basis bytes per device P=8 / P=1 = {d[8]['basis_shards'] / d[1]['basis_shards']:.3f} "
-        f"(target <= 0.13); eigvec slice {d[8]['eigvec'] / d[1]['eigvec']:.3f}; compiled temp "
-        f"{d[8]['temp'] / d[1]['temp']:.3f}. The replicated-basis FOSI row (reference `b_parallel`) keeps the "
-        "full basis and eigenvectors on every device.", ""]
+       f"simulated devices share them), {time.time() - t_start:.0f} s. Plot: `benchmarks/results/dho_curves.png`. "
+       "Per-device memory: its own section (`benchmarks/results/dho_memory.md`).", ""]
   L += [f"**Steps to target loss** (digits MLP 64-64-10, 8 devices, global batch 128, full train loss every "
         f"10 steps, mean of seeds {list(seeds)}, {steps} steps). FOSI: k=10, m=40, T=W=50, alpha=0.01, "
         "HB: c_max=3, heavy-ball Newton momentum; Adam: `fosi_adam` preset (EMA, c_max=1). LR grids: "
