@@ -181,19 +181,26 @@ def test_vr_gradient_unbiased_with_uneven_shards(problem):
 
 
 def test_state_history_and_reads_never_cross_snapshot():
+  """Spec §5.9: the buffer holds the params each update received (bitwise); a read d rounds back is
+  the version passed d rounds ago, delay 0 is the caller's params, and no read crosses a refresh."""
   tx = vr_prox.dap_svrg(0.1, vr_prox.prox_l1(0.01), axis_name=None, max_delay=3, delay_schedule="fixed")
   params = jnp.arange(4.0)
   state = vr_prox.refresh(tx.init(params), params, jnp.ones(4), 10)
+  versions = []
   for r in range(6):
-    assert int(vr_prox.read_delay(state, None)) == min(r, 3)
-    read = vr_prox.read_params(state, None)
-    g = read * 0.5
-    upd, state = tx.update(g, state, params, snapshot_grads=jnp.zeros(4))
+    d = min(r, 3)
+    assert int(vr_prox.read_delay(state, None)) == d
+    read = vr_prox.read_params(state, params, None)
+    assert np.array_equal(np.asarray(read), np.asarray(versions[-d] if d else params))  # versions[-d] = x_{r-d}
+    versions.append(params)
+    upd, state = tx.update(read * 0.5, state, params, snapshot_grads=jnp.zeros(4))
+    assert np.array_equal(np.asarray(state.history[(state.head - 1) % 4]), np.asarray(params))  # bitwise
     params = optax.apply_updates(params, upd)
-    assert np.array_equal(np.asarray(state.history[state.head]), np.asarray(params))  # bitwise
   state = vr_prox.refresh(state, params, jnp.ones(4), 10)
   assert int(vr_prox.read_delay(state, None)) == 0
-  np.testing.assert_array_equal(np.asarray(vr_prox.read_params(state, None)), np.asarray(params))
+  np.testing.assert_array_equal(np.asarray(vr_prox.read_params(state, params, None)), np.asarray(params))
+  with pytest.raises(TypeError, match="needs params"):
+    vr_prox.read_params(state, None)
 
 
 # ----------------------------------------------------------------------------- optimum
@@ -483,7 +490,7 @@ def test_tap_grouped_prox_minimizes_f_plus_h_in_1d(tap_prox):
   def body(x, state):
     def one(carry, _):
       x, state = carry
-      g = vr_prox.to_varying(vr_prox.read_params(state), "data") - 1.0  # grad f at the read, per worker
+      g = vr_prox.to_varying(vr_prox.read_params(state, x), "data") - 1.0  # grad f at the read, per worker
       upd, state = tx.update(g, state, x)
       return (optax.apply_updates(x, upd), state), None
 
@@ -558,3 +565,37 @@ def test_shard_weights_are_known_or_refused():
   # before any refresh the stored n is unknown: NaN, never a silent weight of 1
   upd, _ = svrg.update(jnp.ones(3), svrg.init(params), params, snapshot_grads=jnp.zeros(3), local_count=4)
   assert np.all(np.isnan(np.asarray(upd)))
+
+
+# ----------------------------------------------------------------------------- issue 11 §3: post-processing
+def _clip_np(u, max_norm):
+  norm = np.linalg.norm(u)
+  return u if norm <= max_norm else u * (max_norm / norm)
+
+
+@pytest.mark.parametrize("which", ["dap_sgd", "dap_svrg", "tap_svrg"])
+@pytest.mark.parametrize("max_delay", [0, 2])
+def test_clip_after_the_transformation_reads_only_real_versions(which, max_delay):
+  """``chain(tx, clip_by_global_norm(c))``: the server's versions are the clipped ones, so every read
+  (delay 0 and stale) must be a params value the caller actually had. One row a, one worker,
+  f(x) = sum_j h_j (x_j - a_j)^2 / 2 with unequal h (so the clipped direction depends on where the
+  gradient is taken), prox_none, fixed delay D: x_{r+1} = x_r + clip(-gamma h (x_{r - min(D, r)} - a))
+  in NumPy (with one row the VR gradient g(x) - g(x~) + mu is g(x): one reference for all three).
+  Before the fix, ``update`` stored its own unclipped x + out as the next version, and round r read
+  a point the server never had."""
+  lr, clip, rounds = 0.5, 0.01, 6
+  a, h = np.array([1.0, -2.0, 3.0]), np.array([1.0, 4.0, 0.25])
+  make = {"dap_sgd": vr_prox.dap_sgd, "dap_svrg": vr_prox.dap_svrg, "tap_svrg": vr_prox.tap_svrg}[which]
+  tx = optax.chain(make(lr, vr_prox.prox_none(), axis_name=None, max_delay=max_delay, delay_schedule="fixed"),
+                   optax.clip_by_global_norm(clip))
+  epoch = vr_prox.epoch_fn(lambda p, d: 0.5 * jnp.sum(h * (p - d) ** 2, axis=-1), tx, rounds=rounds,
+                           axis_name=None, variance_reduced=which != "dap_sgd",
+                           get_state=lambda s: s[0], set_state=lambda s, inner: (inner,) + tuple(s[1:]))
+  x0 = np.zeros(3)
+  got, _ = jax.jit(epoch)(jnp.asarray(x0), tx.init(jnp.asarray(x0)), jnp.asarray(a[None]), jnp.ones(1),
+                          jax.random.PRNGKey(0))
+  xs = [x0]
+  for r in range(rounds):
+    read = xs[r - min(max_delay, r)]
+    xs.append(xs[r] + _clip_np(-lr * h * (read - a), clip))
+  np.testing.assert_allclose(np.asarray(got), xs[-1], rtol=1e-12, atol=1e-15)

@@ -12,7 +12,9 @@ References:
 
 Round model (one ``update`` = one round; the mesh axis ``axis_name`` holds the K workers):
 device k reads the server version ``r - d_k`` from a ring buffer of the last ``max_delay + 1``
-round-versions (``read_params``), the caller differentiates its minibatch loss there (``g_r``)
+round-versions (``read_params``; every version in it is a ``params`` the caller passed, so optax
+transformations chained after this one, e.g. ``clip_by_global_norm``, are part of the server's
+iterate), the caller differentiates its minibatch loss there (``g_r``)
 and at the snapshot (``g_s``), and ``update`` forms the variance-reduced gradient
 ``v_k = w_k (g_r - g_s) + mu`` ([XZ] eq. 3, ``w_k = K n_k / n`` for uneven shards). Then
 
@@ -56,13 +58,15 @@ class DapSvrgState(NamedTuple):
   Attributes:
     count: rounds (server versions) since init, int32.
     inner: rounds since the last ``refresh`` (reads never go further back), int32.
-    head: slot of the current server version in ``history``, int32.
+    head: slot of the current server version in ``history``, int32 (filled from the caller's
+      params by ``read_params`` and ``update``; the state never predicts a version).
     snapshot: the epoch snapshot x~.
     full_grad: mu~ = grad f(x~) (global mean over all rows; set by ``refresh``).
     num_rows: global row count n of the shard weights (set by ``refresh``; 0 until then).
-    history: every leaf stacked to ``(max_delay + 1, ...)``: the last round-versions.
+    history: every leaf stacked to ``(max_delay + 1, ...)``: the last round-versions, each the
+      ``params`` the caller passed to ``update`` in that round (slot ``head`` is the current one's).
     key: PRNG key (uint32[2]) of delays and arrival orders; draws use ``fold_in(key, count)``.
-    schedule: int32[2] = (schedule id, max_delay), so ``read_params`` needs only the state.
+    schedule: int32[2] = (schedule id, max_delay), so ``read_delay`` needs only the state.
     trace: int32[T, W] replayed delays (``delay_schedule="trace"``), else [1, 1] zeros.
   """
   count: jax.Array
@@ -126,16 +130,37 @@ def read_delay(state: DapSvrgState, axis_name: str | None = "data"):
   return _delay(state, _worker(axis_name))
 
 
-def read_params(state: DapSvrgState, axis_name: str | None = "data"):
-  """The (stale) server version this device reads in the coming round: ``history[head - d_k]``.
+def _record(state: DapSvrgState, params) -> DapSvrgState:
+  """``history`` with ``params``, the version the caller holds now, in this round's slot ``head``.
 
-  Inside ``shard_map`` the result is varying when delays differ across devices. Differentiate
-  the minibatch loss at ``to_varying(read_params(state))`` and pass that as ``updates``.
+  The buffer only ever holds versions the caller passed: a transformation chained after this one
+  (``chain(dap_svrg(...), clip_by_global_norm(c))``) changes the server's next version, so the
+  state cannot predict it; the caller's ``params`` are the truth.
   """
+  if params is None or isinstance(params, str):
+    raise TypeError(f"read_params(state, params, axis_name) needs params, the current server version (the "
+                    f"params you pass to update), got {params!r}; reads at delay 0 are params themselves")
+  history = jax.tree.map(lambda h, p: h.at[state.head].set(jnp.asarray(p, h.dtype)), state.history, params)
+  return state._replace(history=history)
+
+
+def _read(state: DapSvrgState, axis_name):
+  """``history[head - d_k]`` of a state whose current version is recorded (``_record``)."""
   d = read_delay(state, axis_name)
   size = jax.tree.leaves(state.history)[0].shape[0]
   slot = (state.head - d) % size
   return jax.tree.map(lambda h: h[slot], state.history)
+
+
+def read_params(state: DapSvrgState, params, axis_name: str | None = "data"):
+  """The (stale) server version this device reads in the coming round ([HGH] Alg. 1, worker
+  step 1; spec §4.3): ``params`` at delay 0, else the version ``d_k`` rounds back, as the caller
+  passed it to ``update`` then.
+
+  Inside ``shard_map`` the result is varying when delays differ across devices. Differentiate
+  the minibatch loss at ``to_varying(read_params(state, params))`` and pass that as ``updates``.
+  """
+  return _read(_record(state, params), axis_name)
 
 
 def refresh(state: DapSvrgState, params, full_grad, num_rows) -> DapSvrgState:
@@ -327,7 +352,8 @@ def dap_svrg(learning_rate, prox, *, axis_name: str | None = "data", max_delay: 
       v = jax.tree.map(lambda g, s, mu: weight * (g - s) + mu, updates, snapshot_grads, state.full_grad)
     else:
       v = jax.tree.map(lambda g: weight * g, updates)
-    x_hat = read_params(state, axis_name)
+    state = _record(state, params)   # the real current version, whatever ran after us last round
+    x_hat = _read(state, axis_name)
 
     if server == "add":
       if relaxation == "auto":
@@ -358,12 +384,9 @@ def dap_svrg(learning_rate, prox, *, axis_name: str | None = "data", max_delay: 
         new = lax.fori_loop(0, num_workers, arrive, params) if num_workers > 1 else arrive(0, params)
       out = jax.tree.map(lambda a, p: (a - p).astype(p.dtype), new, params)
 
-    size = max_delay + 1
-    head = (state.head + 1) % size
-    new_params = optax.apply_updates(params, out)
-    history = jax.tree.map(lambda h, p: h.at[head].set(p), state.history, new_params)
+    head = (state.head + 1) % (max_delay + 1)   # the next version's slot, filled when it is passed in
     state = state._replace(count=optax.safe_increment(state.count), inner=optax.safe_increment(state.inner),
-                           head=head.astype(jnp.int32), history=history)
+                           head=head.astype(jnp.int32))
     return out, state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

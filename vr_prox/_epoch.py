@@ -69,7 +69,7 @@ def epoch_fn(example_loss_fn: Callable, tx: optax.GradientTransformationExtraArg
       inner = get_state(state)
       idx = sample_indices(key, inner.count, worker, batch_size, local_count)
       batch = jax.tree.map(lambda a: a[idx], data)
-      g_read = jax.grad(batch_loss)(to_varying(read_params(inner, axis_name), axis_name), batch)
+      g_read = jax.grad(batch_loss)(to_varying(read_params(inner, params, axis_name), axis_name), batch)
       extra = {"local_count": local_count, "num_rows": n}
       if variance_reduced:
         extra["snapshot_grads"] = jax.grad(batch_loss)(to_varying(inner.snapshot, axis_name), batch)
