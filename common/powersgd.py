@@ -134,11 +134,16 @@ def scale_by_powersgd(rank: int = 1, *, axis_name: str | None = "data",
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+def powersgd_with(optimizer: optax.GradientTransformation, rank: int = 1, *,
+                  axis_name: str | None = "data", seed: int = 0) -> optax.GradientTransformation:
+  """``chain(scale_by_powersgd(rank), optimizer)``: any optax optimizer on the aggregated estimate."""
+  return optax.chain(scale_by_powersgd(rank, axis_name=axis_name, seed=seed), optimizer)
+
+
 def powersgd(learning_rate: optax.ScalarOrSchedule, rank: int = 1, *, momentum: float | None = 0.9,
              axis_name: str | None = "data", seed: int = 0) -> optax.GradientTransformation:
   """PowerSGD with heavy-ball momentum applied to the aggregated estimate (the paper's setup)."""
-  return optax.chain(scale_by_powersgd(rank, axis_name=axis_name, seed=seed),
-                     optax.sgd(learning_rate, momentum=momentum))
+  return powersgd_with(optax.sgd(learning_rate, momentum=momentum), rank, axis_name=axis_name, seed=seed)
 
 
 def worker_leaves(state) -> Any:

@@ -16,6 +16,12 @@ def dense() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict()
 
 
+def powersgd() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.rank = 2                  # r: rank of each matrix-shaped gradient's approximation (Vogels et al. 2019)
+  return c
+
+
 def sfb_sdca() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.loss = "squared_hinge"    # squared_hinge | squared (targets ±1 one-vs-rest)
