@@ -79,8 +79,20 @@ class CommReport:
   def of_kind(self, kind: str) -> tuple[Collective, ...]:
     return tuple(c for c in self.collectives if c.kind == kind)
 
+  @property
+  def count(self) -> int:
+    """Collective instructions executed per step (loop trip counts applied)."""
+    return sum(c.count for c in self.collectives)
+
+  @property
+  def arrays(self) -> int:
+    """Arrays those instructions carry per step: a tuple all-reduce of k leaves counts k
+    (XLA:CPU reduces a tuple operand by operand; one bucketed gradient counts 1)."""
+    return sum(len(c.dtypes) * c.count for c in self.collectives)
+
   def summary(self) -> str:
-    lines = [f"payload {self.payload:,.0f} B/device/step, wire {self.wire:,.0f} B (ring model)"]
+    lines = [f"payload {self.payload:,.0f} B/device/step, wire {self.wire:,.0f} B (ring model), "
+             f"{self.count} collective(s) carrying {self.arrays} array(s)"]
     for c in self.collectives:
       lines.append(f"  {c.kind:18s} {c.shape:28s} n={c.group_size} x{c.count} "
                    f"payload={c.payload * c.count:,.0f} B")
