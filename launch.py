@@ -76,6 +76,11 @@ def _parse(argv):
   config = cli.load_config(_CONFIG.value)
   cli.apply_overrides(config, overrides, say=lambda line: logging.info("%s", line))
   workdir = _WORKDIR.value or _default_workdir(_CONFIG.value)
+  if config.get("runtime") == "ray":   # asynchronous parameter server on Ray (issue 16, common/async_ray)
+    from common.async_ray import runtime as ray_runtime   # imports neither JAX nor Ray
+    ray_runtime.check(config, num_processes=_NUM_PROCESSES.value)
+    cli.check_workdir(workdir)
+    return config, workdir
   cli.check_launch(num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value,
                    coordinator=_COORDINATOR.value, workdir=workdir, step_timeout=_STEP_TIMEOUT.value,
                    peer_timeout=_PEER_TIMEOUT.value, init_timeout=_INIT_TIMEOUT.value, config=config)
@@ -95,6 +100,10 @@ def main(argv) -> int:
     config, workdir = _parse(argv)
   except (FlagError, ConfigError) as e:
     return _fail(str(e), EXIT_CONFIG)
+  if config.get("runtime") == "ray":
+    from common.async_ray import runtime as ray_runtime
+    logging.info("config %s:\n%s", _CONFIG.value, cli.format_config(config))
+    return ray_runtime.main(config, workdir)
   multi = _NUM_PROCESSES.value > 1
   if multi and not supervise.is_child():
     return supervise.run_child(argv, process_id=_PROCESS_ID.value, num_processes=_NUM_PROCESSES.value,

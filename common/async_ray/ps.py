@@ -1,0 +1,175 @@
+"""Driver of the asynchronous DAP-SVRG / TAP-SVRG parameter server on Ray (issue 16).
+
+One server actor and K worker actors on a local Ray node bound to loopback (``start_ray``).
+Per epoch ([HGH] Alg. 1, the authors' epoch barrier): the driver snapshots x~ = server x; every
+live worker returns its shard's mean gradient and row count (``vr_prox.full_gradient``,
+axis_name=None); the driver combines them with the row weights n_k / n (the global mean, spec
+§4.4); then the server opens ``updates_per_epoch`` updates and the workers run asynchronously
+until they are used up. A worker whose process dies is logged (which worker, at which server
+version and wall time) and the run continues with the others; the next epoch's full gradient
+and shard weights K n_k / n are over the live shards. A lost server is an error naming it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable
+
+import numpy as np
+
+from common.async_ray import actors, problems as problems_lib
+
+
+class ServerLost(RuntimeError):
+  """The parameter server actor died."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """One run. ``relaxation`` is DAP's theta (the worker sends theta * Delta; 1 = the paper)."""
+  problem: str = "elastic_net"
+  variant: str = "dap"              # dap | tap
+  num_workers: int = 2              # K
+  max_delay: int = 4                # tau: a read older than tau server updates is refused
+  lr: float = 1.0
+  relaxation: float = 1.0
+  batch_size: int = 1
+  epochs: int = 10
+  updates_per_epoch: int = 569      # m
+  seed: int = 0
+  x64: bool = True
+  epoch_timeout_s: float = 120.0
+  kill_worker: int = -1             # injected fault: this worker's process exits ...
+  kill_at_version: int = 0          # ... when it reads this server version
+  l1: float = 3e-3
+  l2: float = 1e-2
+  lam: float = 1e-2
+
+
+def start_ray(num_cpus: int):
+  """A private local Ray node on loopback, no dashboard; returns True if this call started it."""
+  import ray
+  if ray.is_initialized():
+    return False
+  ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, configure_logging=False,
+           log_to_driver=False, object_store_memory=100 * 1024 * 1024, _node_ip_address="127.0.0.1")
+  return True
+
+
+def combine_shard_gradients(parts):
+  """mu~ = sum_k n_k mu_k / sum_k n_k and n = sum_k n_k from per-shard (mean gradient, n_k)."""
+  n = sum(n_k for _, n_k in parts)
+  return sum(n_k * np.asarray(mu_k, np.float64) for mu_k, n_k in parts) / n, n
+
+
+def _actor_error():
+  import ray
+  return (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError)
+
+
+def _get_server(ref, what):
+  import ray
+  try:
+    return ray.get(ref)
+  except _actor_error() as e:
+    raise ServerLost(f"parameter server actor lost during {what}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+
+
+def run(spec: Spec, *, on_epoch: Callable[[dict], None] | None = None, log: Callable[[str], None] = print):
+  """Runs ``spec.epochs`` epochs; returns {"x", "records", "lost"}. Starts Ray if it is not running
+  (and stops it again); ``on_epoch(record)`` after each epoch."""
+  import ray
+  started = start_ray(spec.num_workers + 1)
+  try:
+    return _run(spec, on_epoch or (lambda record: None), log)
+  finally:
+    if started:
+      ray.shutdown()
+
+
+def _start_actors(spec, problem):
+  import ray
+  rows = problems_lib.shard_rows(len(problem.y), spec.num_workers)
+  server = ray.remote(num_cpus=0, max_restarts=0)(actors.Server).remote(
+      problem, np.zeros(problem.shape), variant=spec.variant, lr=spec.lr, tau=spec.max_delay, x64=spec.x64)
+  worker_cls = ray.remote(num_cpus=0, max_restarts=0)(actors.Worker)
+  workers = {k: worker_cls.remote(k, problem, rows[k], variant=spec.variant, lr=spec.lr,
+                                  relaxation=spec.relaxation, batch_size=spec.batch_size, seed=spec.seed,
+                                  x64=spec.x64,
+                                  die_at_version=spec.kill_at_version if k == spec.kill_worker else None)
+             for k in range(spec.num_workers)}
+  return server, workers
+
+
+def _lose(workers, lost, k, server, epoch, t_start, log):
+  version = _get_server(server.read.remote(), "the worker-loss report")[1]
+  wall = time.perf_counter() - t_start
+  lost.append({"worker": k, "epoch": epoch, "version": version, "wall_time": wall})
+  workers.pop(k)
+  log(f"worker {k} lost at server version {version} (epoch {epoch}, {wall:.1f} s); continuing with "
+      f"{len(workers)} worker(s): {sorted(workers)}")
+  if not workers:
+    raise RuntimeError(f"all workers lost by epoch {epoch}; nothing can make progress")
+
+
+def _gather_live(workers, refs, lost, server, epoch, t_start, log, timeout_s):
+  """ray.get of one call per live worker; a dead worker is logged and dropped."""
+  import ray
+  out = {}
+  pending = dict(refs)
+  deadline = time.perf_counter() + timeout_s
+  while pending:
+    left = deadline - time.perf_counter()
+    done, _ = ray.wait(list(pending), num_returns=1, timeout=max(left, 0))
+    if not done:
+      raise TimeoutError(f"epoch {epoch}: worker(s) {sorted(pending.values())} did not finish within "
+                         f"{timeout_s:g} s (config.epoch_timeout_s)")
+    k = pending.pop(done[0])
+    try:
+      out[k] = ray.get(done[0])
+    except _actor_error():
+      _lose(workers, lost, k, server, epoch, t_start, log)
+  return out
+
+
+def _run(spec, on_epoch, log):
+  import ray
+  problem = problems_lib.load(spec.problem, l1=spec.l1, l2=spec.l2, lam=spec.lam)
+  server, workers = _start_actors(spec, problem)
+  lost, records = [], []
+  t_start = time.perf_counter()
+  cum_bytes = 0
+  for epoch in range(1, spec.epochs + 1):
+    x_tilde, version = _get_server(server.read.remote(), f"epoch {epoch} snapshot")
+    parts = _gather_live(workers, {w.shard_gradient.remote(x_tilde): k for k, w in workers.items()},
+                         lost, server, epoch, t_start, log, spec.epoch_timeout_s)
+    mu, n = combine_shard_gradients(parts.values())
+    counts = {k: len(workers) * parts[k][1] for k in workers if k in parts}
+    _gather_live(workers, {w.set_epoch.remote(x_tilde, mu, n, len(workers)): k for k, w in workers.items()},
+                 lost, server, epoch, t_start, log, spec.epoch_timeout_s)
+    _get_server(server.start_epoch.remote(spec.updates_per_epoch, x_tilde, mu, n, counts), f"epoch {epoch} start")
+    t_inner = time.perf_counter()
+    stats = _gather_live(workers, {w.run_epoch.remote(server): k for k, w in workers.items()},
+                         lost, server, epoch, t_start, log, spec.epoch_timeout_s)
+    inner_s = time.perf_counter() - t_inner
+    updates = _get_server(server.pop_log.remote(), f"epoch {epoch} log")
+    x, version = _get_server(server.read.remote(), f"epoch {epoch} end")
+    loss = problems_lib.objective(problem, x)
+    delays = np.asarray(updates["delay"], np.int64)
+    cum_bytes += updates["bytes_up"] + updates["bytes_down"]
+    record = {
+        "step": epoch, "loss": loss,
+        "gap": None if problem.p_star is None else (loss - problem.p_star) / problem.p_star,
+        "wall_time": time.perf_counter() - t_start, "version": version, "updates": len(delays),
+        "updates_per_s": len(delays) / inner_s, "delay_mean": float(delays.mean()) if len(delays) else 0.0,
+        "delay_max": int(delays.max()) if len(delays) else 0,
+        "delay_hist": np.bincount(delays, minlength=spec.max_delay + 1).tolist() if len(delays) else [],
+        "refused": updates["refused"], "bytes_up": updates["bytes_up"], "bytes_down": updates["bytes_down"],
+        "cum_bytes": cum_bytes, "workers": sorted(workers),
+        "_trace": {"x": x.reshape(problem.shape), "worker": np.asarray(updates["worker"]), "delay": delays,
+                   "time": np.asarray(updates["time"]), "service": np.asarray(updates["service"]),
+                   "comp": {k: s["comp"] for k, s in stats.items()}, "rtt": {k: s["rtt"] for k, s in stats.items()}},
+    }
+    records.append(record)
+    on_epoch(record)
+  return {"x": x.reshape(problem.shape), "records": records, "lost": lost, "p_star": problem.p_star}
