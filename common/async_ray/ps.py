@@ -12,6 +12,7 @@ and shard weights K n_k / n are over the live shards. A lost server is an error 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Callable
 
@@ -51,8 +52,11 @@ def start_ray(num_cpus: int):
   import ray
   if ray.is_initialized():
     return False
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
   ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, configure_logging=False,
-           log_to_driver=False, object_store_memory=100 * 1024 * 1024, _node_ip_address="127.0.0.1")
+           log_to_driver=False, object_store_memory=100 * 1024 * 1024, _node_ip_address="127.0.0.1",
+           runtime_env={"env_vars": {"PYTHONPATH": path}})   # actors import common/ from any cwd
   return True
 
 
