@@ -13,7 +13,7 @@ import os
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
-ORDER = ("baseline", "sfb", "sign1bit", "vr_prox", "dho", "gpu")
+ORDER = ("baseline", "sfb", "sign1bit", "vr_prox", "dho", "dho_memory", "gpu")
 
 
 def write_result(name: str, markdown: str) -> str:

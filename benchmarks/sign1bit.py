@@ -43,8 +43,7 @@ from jax.sharding import AxisType, NamedSharding  # noqa: E402
 
 import sign1bit  # noqa: E402
 from benchmarks.notes import RESULTS, write_result  # noqa: E402
-from common.algos.base import own_rows  # noqa: E402
-from common.comm import collective_bytes  # noqa: E402
+from common.comm import step_bytes  # noqa: E402
 
 W = 8
 AXIS = "data"
@@ -143,11 +142,9 @@ def mesh_of():
 
 
 def init_state(tx, seed):
-  """Replicated state with the traced seed's key; per-worker leaves get a leading axis W."""
+  """``tx.init``'s global layout (per-worker leaves with a leading axis W) with the traced seed's key."""
   state = tx.init(jnp.zeros(D, jnp.float32))
-  state = state._replace(key=jax.random.key_data(jax.random.key(seed)))   # the state holds raw key data
-  return jax.tree.map(lambda m, a: jnp.broadcast_to(a, (W,) + a.shape) if m else a,
-                      sign1bit.worker_leaves(state), state)
+  return state._replace(key=jax.random.key_data(jax.random.key(seed)))   # the state holds raw key data
 
 
 def build_program(tx, mesh, steps):
@@ -162,7 +159,6 @@ def build_program(tx, mesh, steps):
   has_clip = hasattr(tx.init(jnp.zeros(D)), "clip_count")
 
   def body(eta, state, xs, ys, xt, yt):
-    state = own_rows(state, sign1bit.worker_leaves(state))
     xs, ys, xt, yt = xs[0], ys[0], xt[0], yt[0]
 
     def step(carry, _):
@@ -174,8 +170,8 @@ def build_program(tx, mesh, steps):
       return (w - eta * u, st), (loss / xs.shape[0], hits, before)
 
     (w, st), (loss, hits, active) = lax.scan(step, (jnp.zeros(D, jnp.float32), state), None, length=steps)
-    clip = st.clip_count if has_clip else jnp.zeros([], jnp.int32)
-    return loss[None], hits[None], active, clip[None]
+    clip = st.clip_count if has_clip else jnp.zeros([1], jnp.int32)   # this worker's row
+    return loss[None], hits[None], active, clip
 
   sm = jax.shard_map(body, mesh=mesh,
                      in_specs=(jax.P(), specs, jax.P(AXIS), jax.P(AXIS), jax.P(AXIS), jax.P(AXIS)),
@@ -193,7 +189,6 @@ def one_step_bytes(tx, mesh, xs, ys):
   specs = sign1bit.state_specs(jax.eval_shape(lambda: init_state(tx, 0)), AXIS)
 
   def body(w, state, xs, ys):
-    state = own_rows(state, sign1bit.worker_leaves(state))
     g = jax.grad(local_loss)(lax.pcast(w, AXIS, to="varying"), xs[0], ys[0])
     u, st = tx.update(g, state)
     return w - 0.1 * u
@@ -201,7 +196,7 @@ def one_step_bytes(tx, mesh, xs, ys):
   f = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(jax.P(), specs, jax.P(AXIS), jax.P(AXIS)),
                             out_specs=jax.P()))
   state = jax.jit(lambda: init_state(tx, 0))()
-  return collective_bytes(f.lower(jnp.zeros(D, jnp.float32), state, xs, ys).compile())
+  return step_bytes(f, jnp.zeros(D, jnp.float32), state, xs, ys)
 
 
 # ----------------------------------------------------------------------------- reference

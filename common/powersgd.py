@@ -22,9 +22,10 @@ Communication per device and step: ``Σ r(n+m)`` floats of P and Q plus the dens
 gradient's dtype. All P's of a step travel in one all-reduce, all Q's in a second, and the dense
 leaves in a third (as the reference packs them).
 
-Per-worker state: the error memories differ per worker. Inside ``shard_map`` store them with a
-leading axis of size W under ``P(axis)`` (``worker_leaves`` marks them), as the rest of the
-repository does; Q is replicated (every worker starts from the same seeded Q).
+Per-worker state: the error memories differ per worker. ``init`` returns them with a leading
+axis of size W (``num_workers``; 1 with ``axis_name=None``), ``state_specs`` gives them ``P(axis)``
+and ``update`` takes and returns each device's row, with the per-worker layout of the algorithm
+packages (``sign1bit.axis``); Q is replicated (every worker starts from the same seeded Q).
 """
 from __future__ import annotations
 
@@ -36,11 +37,16 @@ import numpy as np
 import optax
 from jax import lax
 
+from sign1bit import axis as worker_axis
+
 
 class PowerSGDState(NamedTuple):
   count: jax.Array      # steps taken (int32)
   q: Any                # per compressed leaf: Q (m, r), replicated; None for dense leaves
   error: Any            # per leaf: the local error memory e_w (f32), per worker; None for dense leaves
+
+  def per_worker_fields(self):
+    return ("error",)
 
 
 def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -81,7 +87,7 @@ def _mean(tree, axis_name):
   return tree if axis_name is None else lax.pmean(tree, axis_name)
 
 
-def scale_by_powersgd(rank: int = 1, *, axis_name: str | None = "data",
+def scale_by_powersgd(rank: int = 1, *, axis_name: str | None = "data", num_workers: int | None = None,
                       seed: int = 0) -> optax.GradientTransformation:
   """PowerSGD aggregation (Vogels et al. 2019, Alg. 1 + 2): local gradients in, the rank-r
   estimate of the mean gradient out (chain any optax optimizer after it).
@@ -89,11 +95,17 @@ def scale_by_powersgd(rank: int = 1, *, axis_name: str | None = "data",
   Args:
     rank: r, the rank of each matrix's approximation.
     axis_name: mesh axis of the workers inside ``shard_map``; None: one worker, no collectives.
+    num_workers: W, the size of ``axis_name`` (required with an axis: ``init`` stores the error
+      memories with a leading axis of size W).
     seed: seeds the initial Q (identical on every worker); later steps reuse the previous Q
       (warm start, the paper's default).
   """
   if not isinstance(rank, (int, np.integer)) or rank < 1:
     raise ValueError(f"powersgd: rank must be a positive integer, got {rank!r}")
+  if axis_name is not None and not (isinstance(num_workers, (int, np.integer)) and num_workers >= 1):
+    raise ValueError(f"powersgd: axis_name={axis_name!r} needs num_workers=W, the size of the axis (the error "
+                     f"memories are stored with a leading axis of size W), got {num_workers!r}")
+  workers = 1 if axis_name is None else int(num_workers)
 
   def init_fn(params):
     key = jax.random.key(seed)
@@ -103,10 +115,11 @@ def scale_by_powersgd(rank: int = 1, *, axis_name: str | None = "data",
     qs = [None if r is None else _random_q(k, np.shape(x), r) for x, r, k in zip(leaves, ranks, keys)]
     errors = [None if r is None else jnp.zeros(np.shape(x), jnp.float32) for x, r in zip(leaves, ranks)]
     unflat = lambda xs: jax.tree.unflatten(treedef, xs)
-    return PowerSGDState(jnp.zeros([], jnp.int32), unflat(qs), unflat(errors))
+    return worker_axis.stack(PowerSGDState(jnp.zeros([], jnp.int32), unflat(qs), unflat(errors)), workers)
 
   def update_fn(updates, state, params=None):
     del params
+    state = worker_axis.local(state, "powersgd")
     leaves, treedef = jax.tree.flatten(updates)
     qs = treedef.flatten_up_to(state.q)
     errors = treedef.flatten_up_to(state.error)
@@ -128,32 +141,28 @@ def scale_by_powersgd(rank: int = 1, *, axis_name: str | None = "data",
     dense_iter = iter(dense)
     out = [next(dense_iter) if q is None else o for o, q in zip(out, qs)]
     unflat = lambda xs: jax.tree.unflatten(treedef, xs)
-    return unflat(out), PowerSGDState(optax.safe_increment(state.count), unflat(new_q),
-                                       unflat(new_error))
+    return unflat(out), worker_axis.unlocal(PowerSGDState(optax.safe_increment(state.count), unflat(new_q),
+                                                          unflat(new_error)))
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
 def powersgd_with(optimizer: optax.GradientTransformation, rank: int = 1, *,
-                  axis_name: str | None = "data", seed: int = 0) -> optax.GradientTransformation:
+                  axis_name: str | None = "data", num_workers: int | None = None,
+                  seed: int = 0) -> optax.GradientTransformation:
   """``chain(scale_by_powersgd(rank), optimizer)``: any optax optimizer on the aggregated estimate."""
-  return optax.chain(scale_by_powersgd(rank, axis_name=axis_name, seed=seed), optimizer)
+  return optax.chain(scale_by_powersgd(rank, axis_name=axis_name, num_workers=num_workers, seed=seed), optimizer)
 
 
 def powersgd(learning_rate: optax.ScalarOrSchedule, rank: int = 1, *, momentum: float | None = 0.9,
-             axis_name: str | None = "data", seed: int = 0) -> optax.GradientTransformation:
+             axis_name: str | None = "data", num_workers: int | None = None,
+             seed: int = 0) -> optax.GradientTransformation:
   """PowerSGD with heavy-ball momentum applied to the aggregated estimate (the paper's setup)."""
-  return powersgd_with(optax.sgd(learning_rate, momentum=momentum), rank, axis_name=axis_name, seed=seed)
+  return powersgd_with(optax.sgd(learning_rate, momentum=momentum), rank, axis_name=axis_name,
+                       num_workers=num_workers, seed=seed)
 
 
-def worker_leaves(state) -> Any:
-  """Bool tree over ``state`` (a PowerSGDState, or a chain/tuple holding one): True on the error
-  memories, which differ per worker and are stored with a leading axis of size W."""
-
-  def marks(node):
-    if isinstance(node, PowerSGDState):
-      return PowerSGDState(False, jax.tree.map(lambda _: False, node.q),
-                           jax.tree.map(lambda _: True, node.error))
-    return jax.tree.map(lambda _: False, node)
-
-  return jax.tree.map(marks, state, is_leaf=lambda n: isinstance(n, PowerSGDState))
+def state_specs(state, axis_name: str = "data") -> Any:
+  """PartitionSpecs for ``shard_map``: ``P(axis_name)`` on the error memories (leading axis W),
+  ``P()`` elsewhere; found by type inside chains (``sign1bit.axis.state_specs``)."""
+  return worker_axis.state_specs(state, axis_name)

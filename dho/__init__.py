@@ -2,19 +2,26 @@
 
 Public API: ``fosi`` and the presets ``fosi_adam``, ``fosi_momentum``, ``fosi_nesterov``,
 ``fosi_sgd``; ``dho2`` (coordinate-sharded curvature, MR delay, ADMM period rule
-``admm="reference"`` and consensus ADMM ``admm="consensus"``);
-``lanczos``, ``extreme_eigenpairs``, ``hvp``, ``curvature_basis`` (usable on their own); ``state_specs``,
-``sharded_leaves``, ``payload_bytes``, ``basis_bytes``; ``coordinatewise`` (the base-optimizer check);
-``paper_presets``.
+``admm="reference"``) and ``consensus_admm`` (``dho2(admm="consensus")``); the curvature piece
+``curvature`` (``LanczosPairs``, ``refresh_due``, ``maybe_refresh``, ``curvature_basis``);
+``lanczos``, ``extreme_eigenpairs``, ``hvp`` (usable on their own); ``state_specs``,
+``multi_steps``, ``payload_bytes``, ``basis_bytes``; ``coordinatewise`` (the base-optimizer
+check); ``axis`` (the varying-axes probe and the per-device state layout).
+
+``init`` returns the global layout: leaves that differ per device carry a leading axis of size P
+(``num_shards``; 1 with ``axis_name=None``); ``state_specs(state, axis_name)`` gives them
+``P(axis_name)`` and inside ``shard_map`` ``update`` takes and returns each device's row.
 Imports only jax, optax, numpy.
 """
-from dho.fosi import (MOMENTUM, Dho2State, FosiState, FullBaseState, Pairs, basis_bytes, curvature_basis, dho2,
-                      fosi, fosi_adam, fosi_momentum, fosi_nesterov, fosi_sgd, payload_bytes, sharded_leaves,
-                      state_specs)
+from dho.curvature import LanczosPairs, Pairs, curvature_basis, maybe_refresh, refresh_due
+from dho.fosi import (MOMENTUM, ConsensusState, Dho2State, FosiState, FullBaseState, basis_bytes, consensus_admm,
+                      dho2, fosi, fosi_adam, fosi_momentum, fosi_nesterov, fosi_sgd, payload_bytes, state_specs)
 from dho.lanczos import Layout, LanczosResult, extreme_eigenpairs, hvp, lanczos, lanczos_dtype
-from dho import coordinatewise, paper_presets
+from dho import axis, coordinatewise, curvature
+from dho.axis import multi_steps
 
-__all__ = ["MOMENTUM", "Dho2State", "FosiState", "FullBaseState", "Pairs", "basis_bytes", "curvature_basis", "dho2",
-           "fosi", "fosi_adam", "fosi_momentum", "fosi_nesterov", "fosi_sgd", "payload_bytes", "sharded_leaves",
-           "state_specs", "Layout", "LanczosResult", "extreme_eigenpairs", "hvp", "lanczos", "lanczos_dtype",
-           "coordinatewise", "paper_presets"]
+__all__ = ["MOMENTUM", "ConsensusState", "Dho2State", "FosiState", "FullBaseState", "LanczosPairs", "Pairs",
+           "axis", "basis_bytes", "consensus_admm", "coordinatewise", "curvature", "curvature_basis", "dho2",
+           "extreme_eigenpairs", "fosi", "fosi_adam", "fosi_momentum", "fosi_nesterov", "fosi_sgd", "hvp",
+           "lanczos", "lanczos_dtype", "Layout", "LanczosResult", "maybe_refresh", "multi_steps", "payload_bytes",
+           "refresh_due", "state_specs"]

@@ -1,12 +1,5 @@
 """FOSI and DHO2 as optax transformations.
 
-References:
-  [F]  H. Sivan, M. Gabel, A. Schuster. "FOSI: Hybrid First and Second Order Optimization",
-       ICLR 2024 (arXiv:2302.08484). Alg. 1 (ESE), Alg. 2 / Eq. (2)-(4) (the update).
-  [P1] DHO2 v1, arXiv:2505.00982: curvature partitioned over devices, "partial curvature" update,
-       MR-DHO2 (curvature computed concurrently, applied with a delay).
-  [P2] DHO2 v2 ("model parallelism and ADMM"), with its released code (ADMM-like period rule).
-
 The update, per step on the flattened (and, for DHO2, coordinate-sharded) gradient ``g``
 ([F] Alg. 2; ``V`` = rows of the r extreme eigenvectors, ``lr_i = 1/|lambda_i|``)::
 
@@ -16,21 +9,34 @@ The update, per step on the flattened (and, for DHO2, coordinate-sharded) gradie
     d = base.update(g2) ;  d -= V^T V d    # base step kept out of span V
     u = c * d - alpha * newt               # c = clip(|lambda_max| / |lambda_k|, 1, c_max)
 
-The curvature pairs are refreshed by Lanczos ([F] Alg. 1) inside ``update`` with ``lax.cond``
-(one compiled step; all devices take the same branch because the predicate comes from the
-replicated ``count``) at 0-based calls ``W-1, W-1+T, ...`` (the reference's internal schedule).
-The curvature batch is the optax extra argument ``batch`` of the same call, so the ESE sees current
-data. ``lax.cond`` was chosen over a separate refresh program so the transformation is a plain
-optax transformation usable in any loop; the cost is that the measured bytes of the compiled step
-count the refresh branch (the dearest) and that XLA keeps both branches' buffers.
+The curvature (``dho.curvature``: the Lanczos-pairs estimator, the refresh predicate and the one
+``lax.cond`` that runs it) is refreshed inside ``update`` at 0-based calls ``W-1, W-1+T, ...``,
+so there is one compiled step; the measured bytes of that step count the refresh branch (the
+dearest) and XLA keeps both branches' buffers. The curvature batch is the optax extra argument
+``batch`` of the same call. ``dho2(admm="consensus")`` is consensus ADMM with its own
+constructor and state (``consensus_admm``, ``ConsensusState``).
 
-``dho2(admm="consensus")`` (spec 4 [I] (b), our extension) is a separate path: each replica keeps
-its own iterate and dual in the state and takes local FOSI steps on its augmented local objective
-without gradient reduction; params move only at the consensus all-reduce that ends each period
-(a second ``lax.cond``). See ``dho2``.
+State layout. ``init`` returns the global layout: the leaves that differ per device (DHO2's
+coordinate slices, consensus ADMM's per-replica iterate, dual, velocity and base state) carry a
+leading axis of size P (``num_shards``; 1 with ``axis_name=None``). ``state_specs`` finds them by
+type anywhere in a chain and gives them ``P(axis_name)``; inside ``shard_map`` ``update`` takes and
+returns each device's row.
+
+References:
+  [F]  H. Sivan, M. Gabel, A. Schuster. "FOSI: Hybrid First and Second Order Optimization",
+       ICLR 2024 (arXiv:2302.08484). Alg. 1 (ESE), Alg. 2 / Eq. (2)-(4) (the update).
+  [P1] "Accelerating Deep Neural Network Training via Distributed Hybrid Order Optimization"
+       (DHO2 v1, arXiv:2505.00982): curvature partitioned over devices, MR-DHO2 (curvature
+       computed concurrently and applied with a delay).
+  [P2] DHO2 v2 ("model parallelism and ADMM") and its released code (github ShunxianGu/DHO2,
+       ``DHO2_ADMM_v2.py``): the ADMM-like period rule and the v2 hyperparameters.
+  [B]  S. Boyd et al. "Distributed Optimization and Statistical Learning via the Alternating
+       Direction Method of Multipliers", Found. Trends ML 3(1), 2011, Sec. 7.1 (consensus ADMM,
+       scaled form), used by ``admm="consensus"`` (our extension of [P2]).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -40,8 +46,9 @@ import optax
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from dho import coordinatewise
-from dho.lanczos import Layout, extreme_eigenpairs, lanczos, lanczos_dtype
+from dho import axis, coordinatewise
+from dho.curvature import LanczosPairs, Pairs, curvature_basis, empty_pairs, match_vma, maybe_refresh, refresh_due
+from dho.lanczos import Layout, lanczos_dtype
 
 MOMENTUM = ("heavy_ball", "ema", "nesterov", "none")
 ADMM = (None, "reference", "consensus")
@@ -68,12 +75,9 @@ class FosiState(NamedTuple):
   eigvals: jax.Array
   scale: jax.Array
 
-
-class Pairs(NamedTuple):
-  eigvecs: jax.Array
-  inv_abs_eig: jax.Array
-  eigvals: jax.Array
-  scale: jax.Array
+  @property
+  def pairs(self) -> Pairs:
+    return Pairs(self.eigvecs, self.inv_abs_eig, self.eigvals, self.scale)
 
 
 class FullBaseState(NamedTuple):
@@ -82,21 +86,17 @@ class FullBaseState(NamedTuple):
 
 
 class Dho2State(NamedTuple):
-  """State of ``dho2``.
+  """State of ``dho2`` (coordinate-sharded curvature).
 
   Attributes:
     count: number of previous ``update`` calls.
-    fosi: the FOSI state (coordinate-sharded leaves: base_state, velocity, eigvecs).
-    admm_disp: (s,) sum of completed period displacements ``sum_j delta_j`` (= pi / sigma), or None.
-    admm_anchor: (s,) the period's anchor ``a``, or None.
-    pending: ``Pairs`` computed but not yet active (``curvature_delay > 0``), or None.
+    fosi: the FOSI state; per device (leading axis P): base_state (unless ``replicated_base``),
+      velocity and the eigenvector slices.
+    admm_disp: (s,) per device, ``admm="reference"``: sum of completed period displacements
+      ``sum_j delta_j`` (= pi / sigma), else None.
+    admm_anchor: (s,) per device, ``admm="reference"``: the period's anchor ``a``, else None.
+    pending: ``Pairs`` computed but not yet active (``curvature_delay > 0``; eigvecs per device), or None.
     pending_at: call index from which ``pending`` becomes active (int32 max: none), or None.
-    admm_x: (n,) ``admm="consensus"`` only: this replica's local iterate ``x_p`` (per device),
-      else None. At a period start it is reset to the (replicated) params ``z``.
-    admm_dual: (n,) ``admm="consensus"`` only: this replica's dual ``pi_p`` (per device), else None.
-
-  In consensus mode ``fosi.velocity`` (n,) and ``fosi.base_state`` (on n) are per-replica and
-  ``fosi.eigvecs`` holds the full (r, n) eigenvectors, identical on every device (see ``dho2``).
   """
   count: jax.Array
   fosi: FosiState
@@ -104,8 +104,34 @@ class Dho2State(NamedTuple):
   admm_anchor: Any = None
   pending: Any = None
   pending_at: Any = None
-  admm_x: Any = None
-  admm_dual: Any = None
+
+  def per_worker_fields(self):
+    fields = ("fosi.velocity", "fosi.eigvecs")
+    if not isinstance(self.fosi.base_state, FullBaseState):
+      fields += ("fosi.base_state",)
+    if self.admm_disp is not None:
+      fields += ("admm_disp", "admm_anchor")
+    return fields + (("pending.eigvecs",) if self.pending is not None else ())
+
+
+class ConsensusState(NamedTuple):
+  """State of ``consensus_admm`` (``dho2(admm="consensus")``).
+
+  Attributes:
+    count: number of previous ``update`` calls.
+    fosi: FOSI state; ``velocity`` (n,) and ``base_state`` (on n) per replica (leading axis P),
+      ``eigvecs`` the full (r, n) rows, identical on every device.
+    admm_x: (n,) per replica: this replica's local iterate ``x_p`` (reset to params ``z`` at a
+      period start).
+    admm_dual: (n,) per replica: this replica's dual ``pi_p``.
+  """
+  count: jax.Array
+  fosi: FosiState
+  admm_x: jax.Array
+  admm_dual: jax.Array
+
+  def per_worker_fields(self):
+    return ("fosi.velocity", "fosi.base_state", "admm_x", "admm_dual")
 
 
 def _check_int(name, value, lo):
@@ -115,7 +141,7 @@ def _check_int(name, value, lo):
 
 
 def _fosi_direction(g, pairs, velocity, base_state, theta, proj, base, vel_rule, alpha, dt):
-  """FOSI's step (spec §2.2): with U = ``pairs.eigvecs`` and ``proj(x) = U x`` (a psum when U is
+  """FOSI's step ([F] Alg. 2, Eq. (2)-(4)): with U = ``pairs.eigvecs`` and ``proj(x) = U x`` (a psum when U is
   sharded), the Newton part −α · U^T diag(1/|λ|) U v on the momentum v of g1 = U^T U g, plus
   c · (base step on g − g1, projected out of span U). Returns (update, velocity, base_state)."""
   u_mat = pairs.eigvecs
@@ -151,19 +177,6 @@ def _check_coordinatewise(base, dtype):
         "(sgd, momentum, nesterov, adam, schedule-free, ...).")
 
 
-def _match_vma(new, like):
-  """pcast ``new``'s leaves to varying over the axes ``like``'s leaves vary over (cond branches)."""
-  def varying(x):
-    aval = jax.typeof(x)
-    mat = getattr(aval, "mat", None)
-    return set(getattr(mat, "varying", None) or getattr(aval, "vma", None) or ())
-
-  def one(a, b):
-    missing = tuple(sorted(varying(b) - varying(a)))
-    return lax.pcast(a, missing, to="varying") if missing else a
-  return jax.tree.map(one, new, like)
-
-
 def _check_rho(admm, admm_rho):
   """``admm_rho`` (the consensus penalty): required finite > 0 for ``admm="consensus"``, else None."""
   if admm != "consensus":
@@ -191,262 +204,285 @@ def _momentum(rule: str, beta):
   return lambda g1, vel: g1
 
 
-def _build(base: optax.GradientTransformation, loss_fn: Callable, *, k, l, m, refresh_every, warmup,
-           alpha, scale_clip, momentum, decay, seed, eig_floor, eig_shift, axis_name, num_shards,
-           dho2_state, admm=None, admm_period=None, admm_sigma=5e-9, admm_rho=None, curvature_delay=0,
-           replicated_base=False, lanczos_dtype_=None) -> optax.GradientTransformationExtraArgs:
+
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+  """The validated, static part of a FOSI / DHO2 transformation."""
+  base: optax.GradientTransformation
+  loss_fn: Callable
+  curvature: LanczosPairs
+  warmup: int
+  refresh_every: int
+  alpha: Any
+  momentum: str
+  decay: Any
+  axis_name: str | None
+  num_shards: int
+  dho2: bool = False
+  replicated_base: bool = False
+  admm: str | None = None
+  admm_period: int | None = None
+  admm_sigma: Any = 5e-9
+  curvature_delay: int = 0
+
+  @property
+  def r(self) -> int:
+    return self.curvature.k + self.curvature.l
+
+  @property
+  def sharded(self) -> bool:
+    return self.axis_name is not None and self.dho2
+
+  @property
+  def sliced_base(self) -> bool:
+    return self.sharded and not self.replicated_base
+
+  def layout(self, n: int) -> Layout:
+    return Layout(n, self.num_shards, self.axis_name, partitioned=self.dho2)
+
+  def velocity_rule(self):
+    beta = self.decay
+    return {"ema": lambda g1, vel: (1.0 - beta) * g1 + beta * vel,
+            "heavy_ball": lambda g1, vel: g1 + beta * vel,
+            "nesterov": lambda g1, vel: (1.0 + beta) * g1 + beta * beta * vel,
+            "none": lambda g1, vel: g1}[self.momentum]
+
+  def refresh(self, count, params, batch, pairs, dt, extra_shift=0.0) -> Pairs:
+    return maybe_refresh(refresh_due(count, self.warmup, self.refresh_every),
+                         lambda: self.curvature.estimate(params, batch, dt, extra_shift), pairs)
+
+
+def _setup(base, loss_fn, *, k, l, m, refresh_every, warmup, alpha, scale_clip, momentum, decay, seed,
+           eig_floor, eig_shift, axis_name, num_shards, dho2, lanczos_dtype_, **dho2_args) -> _Setup:
+  """Validates the arguments shared by ``fosi``, ``dho2`` and ``consensus_admm``."""
   if not isinstance(base, optax.GradientTransformation):
     raise ValueError(f"base must be an optax.GradientTransformation, got {type(base).__name__}")
   if not callable(loss_fn):
     raise ValueError("loss_fn must be callable as loss_fn(params, batch)")
-  k = _check_int("k", k, 0)
-  l = _check_int("l", l, 0)
-  r = k + l
-  m = 4 * r if m is None else _check_int("m", m, 1)
-  if r > 0 and m < r:
-    raise ValueError(f"m (Lanczos iterations) must be >= k + l = {r}, got m={m}")
+  k, l = _check_int("k", k, 0), _check_int("l", l, 0)
+  m = 4 * (k + l) if m is None else _check_int("m", m, 1)
+  if k + l > 0 and m < k + l:
+    raise ValueError(f"m (Lanczos iterations) must be >= k + l = {k + l}, got m={m}")
   refresh_every = _check_int("refresh_every", refresh_every, 1)
   warmup = refresh_every if warmup is None else _check_int("warmup", warmup, 0)
   if momentum not in MOMENTUM:
     raise ValueError(f"momentum must be one of {MOMENTUM}, got {momentum!r}")
-  if isinstance(decay, (int, float)) and not 0.0 <= decay < 1.0:
-    raise ValueError(f"decay must be in [0, 1), got {decay}")
-  if isinstance(scale_clip, (int, float)) and scale_clip < 1.0:
-    raise ValueError(f"scale_clip must be >= 1, got {scale_clip}")
-  if isinstance(eig_floor, (int, float)) and eig_floor < 0:
-    raise ValueError(f"eig_floor must be >= 0, got {eig_floor}")
+  for name, value, ok, rule in (("decay", decay, lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+                                ("scale_clip", scale_clip, lambda v: v >= 1.0, ">= 1"),
+                                ("eig_floor", eig_floor, lambda v: v >= 0, ">= 0"),
+                                ("alpha", alpha, lambda v: v >= 0, ">= 0")):
+    if isinstance(value, (int, float)) and not ok(value):
+      raise ValueError(f"{name} must be {rule}, got {value}")
   num_shards = _check_int("num_shards", num_shards, 1)
   if axis_name is None and num_shards != 1:
     raise ValueError(f"num_shards={num_shards} needs an axis_name (None means one device)")
-  if admm not in ADMM:
-    raise ValueError(f"admm must be one of {ADMM}, got {admm!r}")
-  if admm is not None:
-    admm_period = _check_int("admm_period", admm_period, 1)
-  admm_rho = _check_rho(admm, admm_rho)
-  curvature_delay = _check_int("curvature_delay", curvature_delay, 0)
-  if curvature_delay >= refresh_every:
-    raise ValueError(f"curvature_delay ({curvature_delay}) must be < refresh_every ({refresh_every})")
-  if admm == "consensus" and curvature_delay:
-    raise ValueError("admm='consensus' does not support curvature_delay > 0")
-  consensus = admm == "consensus"
-  sharded = axis_name is not None and dho2_state
-  if replicated_base and (not sharded or consensus):
-    raise ValueError("replicated_base=True is for dho2's coordinate-sharded mode (an axis_name, admm not "
-                     "'consensus'); elsewhere the base already runs on the full vector")
-  sliced_base = sharded and not consensus and not replicated_base
-  vel_rule = _momentum(momentum, decay)
+  curvature = LanczosPairs(loss_fn, k, l, m, seed, eig_floor, eig_shift, scale_clip, axis_name, num_shards,
+                           partitioned=dho2, dtype=lanczos_dtype_)
+  return _Setup(base, loss_fn, curvature, warmup, refresh_every, alpha, momentum, decay, axis_name, num_shards,
+                dho2=dho2, **dho2_args)
 
-  def layout_for(n):
-    return Layout(n, num_shards, axis_name, partitioned=dho2_state)
 
-  def local_size(n):
-    return layout_for(n).shard_size if sharded else n
+def _init(setup: _Setup, params):
+  """FosiState (``fosi``) or Dho2State in the global layout (per-device leaves: leading axis P)."""
+  flat, _ = ravel_pytree(params)
+  n, dt = flat.shape[0], flat.dtype
+  if setup.r > n:
+    raise ValueError(f"k + l = {setup.r} exceeds the number of parameters n = {n}")
+  layout = setup.layout(n)
+  s = layout.shard_size if setup.sharded else n
+  if setup.sliced_base and setup.num_shards > 1:
+    _check_coordinatewise(setup.base, dt)
+  if setup.replicated_base:
+    base_state = _on_full_vector(setup.base, layout, flat).init(flat)
+  else:   # sliced: a placeholder of the right structure, rebuilt from the own slice at call 0
+    base_state = setup.base.init(jnp.zeros((s,), dt) if setup.sharded else flat)
+  count = jnp.zeros([], jnp.int32)
+  fs = FosiState(count, base_state, jnp.zeros((s,), dt), *empty_pairs(setup.r, s, dt))
+  if not setup.dho2:
+    return fs
+  pending, pending_at, disp, anchor = None, None, None, None
+  if setup.curvature_delay > 0:
+    pending, pending_at = fs.pairs, jnp.full([], _NEVER, jnp.int32)
+  if setup.admm is not None:
+    disp, anchor = jnp.zeros((s,), dt), jnp.zeros((s,), dt)
+  return axis.stack(Dho2State(count, fs, disp, anchor, pending, pending_at), setup.num_shards)
 
-  def init_fn(params):
-    flat, _ = ravel_pytree(params)
-    n = flat.shape[0]
-    if r > n:
-      raise ValueError(f"k + l = {r} exceeds the number of parameters n = {n}")
-    if consensus:
-      return consensus_init(flat)
-    s = local_size(n)
-    dt = flat.dtype
-    if sliced_base and num_shards > 1:
-      _check_coordinatewise(base, dt)
-    if replicated_base:
-      base_state = _on_full_vector(base, layout_for(n), flat).init(flat)
-    else:   # sliced: a placeholder of the right structure, rebuilt from the own slice at call 0
-      base_state = base.init(jnp.zeros((s,), dt) if sharded else flat)
-    fs = FosiState(
-        count=jnp.zeros([], jnp.int32),
-        base_state=base_state,
-        velocity=jnp.zeros((s,), dt),
-        eigvecs=jnp.zeros((r, s), dt),
-        inv_abs_eig=jnp.zeros((r,), dt),
-        eigvals=jnp.zeros((r,), dt),
-        scale=jnp.ones([], dt))
-    if not dho2_state:
-      return fs
-    pending = pending_at = disp = anchor = None
-    if curvature_delay > 0:
-      pending = Pairs(fs.eigvecs, fs.inv_abs_eig, fs.eigvals, fs.scale)
-      pending_at = jnp.full([], _NEVER, jnp.int32)
-    if admm is not None:
-      disp, anchor = jnp.zeros((s,), dt), jnp.zeros((s,), dt)
-    return Dho2State(fs.count, fs, disp, anchor, pending, pending_at)
 
-  def refresh(params, batch, dt, shift=eig_shift):
-    """Lanczos ESE at ``params`` on ``batch`` -> new ``Pairs`` ([F] Alg. 1, Eq. (3)).
+def _active_pairs(setup: _Setup, state, params, batch, dt):
+  """(active pairs, pending, pending_at) after this call's refresh; with ``curvature_delay`` D the
+  pairs of the snapshot at call t become active at call t + D (MR-DHO2 emulation, [P1])."""
+  fs, count = (state.fosi, state.count) if setup.dho2 else (state, state.count)
+  if setup.r == 0:
+    return fs.pairs, getattr(state, "pending", None), getattr(state, "pending_at", None)
+  if setup.curvature_delay == 0:
+    return setup.refresh(count, params, batch, fs.pairs, dt), state.pending if setup.dho2 else None, \
+        state.pending_at if setup.dho2 else None
+  pending = setup.refresh(count, params, batch, state.pending, dt)
+  pending_at = jnp.where(refresh_due(count, setup.warmup, setup.refresh_every), count + setup.curvature_delay,
+                         state.pending_at)
+  active = count >= pending_at
+  pairs = jax.tree.map(lambda a, b: jnp.where(active, a, b), pending, fs.pairs)
+  return pairs, pending, jnp.where(active, _NEVER, pending_at)
 
-    ``shift`` is added to the Ritz values for ``1/|lambda + shift|`` and ``c`` (default eig_shift)."""
-    res = curvature_basis(loss_fn, params, batch, m=m, seed=seed, axis_name=axis_name, num_shards=num_shards,
-                          partitioned=dho2_state, dtype=lanczos_dtype_)
-    vals, vecs, ok = extreme_eigenpairs(res.tridiag, res.basis, k, l, res.valid_len)
-    if not (isinstance(eig_floor, (int, float)) and eig_floor == 0):
-      ok = ok & (jnp.abs(vals) >= eig_floor * jnp.max(jnp.abs(vals)))
-    absval = jnp.abs(vals + shift)
-    inv = jnp.where(ok & (absval > 0), 1.0 / jnp.where(absval > 0, absval, 1.0), 0.0)
-    if k > 0:
-      lam_max, lam_k = absval[-1], absval[l]
-      good = ok[-1] & ok[l] & (lam_k > 0)
-      c = jnp.where(good, jnp.clip(lam_max / jnp.where(good, lam_k, 1.0), 1.0, scale_clip), 1.0)
-    else:
-      c = jnp.ones([], vals.dtype)
-    vecs = jnp.where(ok[:, None], vecs, 0.0)
-    return Pairs(vecs.astype(dt), inv.astype(dt), jnp.where(ok, vals, 0.0).astype(dt), c.astype(dt))
 
+def _direction(setup: _Setup, g, fs, base_state, pairs, theta, layout, step_base, dt):
+  """The FOSI direction once pairs are active (function ``hybrid``), the base step before
+  (function ``plain``: V = 0, bit for bit). Returns (update, velocity, base_state)."""
+  if setup.r == 0:
+    d, base_state = step_base.update(g, base_state, theta)
+    return d.astype(dt), fs.velocity, base_state
+
+  def hybrid():
+    return _fosi_direction(g, pairs, fs.velocity, base_state, theta, lambda x: layout.rsum(pairs.eigvecs @ x),
+                           step_base, setup.velocity_rule(), setup.alpha, dt)
+
+  def plain():
+    d, new_base_state = step_base.update(g, base_state, theta)
+    return d.astype(dt), fs.velocity, new_base_state
+  return lax.cond(fs.count + 1 < setup.warmup + setup.curvature_delay, plain, hybrid)
+
+
+def _update(setup: _Setup, updates, state, params, batch):
+  """One FOSI / DHO2 step ([F] Alg. 2 on this device's slice, [P1]); ``admm="reference"`` adds the
+  released v2 code's period rule ([P2])."""
+  if setup.dho2:
+    state = axis.local(state, "dho")
+  fs = state.fosi if setup.dho2 else state
+  count = state.count
+  flat_p, unravel = ravel_pytree(params)
+  dt = flat_p.dtype
+  layout = setup.layout(flat_p.shape[0])
+  pairs, pending, pending_at = _active_pairs(setup, state, params, batch, dt)
+  g = layout.reduce(ravel_pytree(updates)[0].astype(dt))
+  theta = layout.own(flat_p)
+  step_base = _on_full_vector(setup.base, layout, flat_p) if setup.replicated_base else setup.base
+  base_state = fs.base_state
+  if setup.sliced_base:   # init ran outside shard_map: build the base state from this device's slice now
+    base_state = lax.cond(count == 0, lambda: match_vma(setup.base.init(theta), base_state), lambda: base_state)
+  disp, anchor = (state.admm_disp, state.admm_anchor) if setup.dho2 else (None, None)
+  if setup.admm is not None:
+    g = g + setup.admm_sigma * disp            # g_hat = g + pi, pi = sigma * sum(delta)
+    anchor = jnp.where(count % setup.admm_period == 0, theta, anchor)
+  u, velocity, base_state = _direction(setup, g, fs, base_state, pairs, theta, layout, step_base, dt)
+  if setup.admm is not None:                   # end of period: x <- x + pi/sigma, pi += sigma (x - a)
+    end = (count + 1) % setup.admm_period == 0
+    new_disp = disp + (theta + u - anchor)
+    disp, u = jnp.where(end, new_disp, disp), jnp.where(end, u + new_disp, u)
+  new_count = optax.safe_increment(count)
+  new_fs = FosiState(new_count, base_state, velocity, *pairs)
+  new_updates = unravel(layout.gather(u))
+  if setup.dho2:
+    return new_updates, axis.unlocal(Dho2State(new_count, new_fs, disp, anchor, pending, pending_at))
+  return new_updates, new_fs
+
+
+def _transformation(setup: _Setup, name: str) -> optax.GradientTransformationExtraArgs:
   def update_fn(updates, state, params=None, *, batch=None, **extra_args):
     del extra_args
     if params is None:
-      raise ValueError("fosi/dho2 update needs params (the HVP and the base step use them)")
-    if consensus:
-      return consensus_update(state, params, batch)
-    if r > 0 and batch is None:
-      raise ValueError("fosi/dho2 update needs the curvature batch: update(g, state, params, batch=...)")
-    fs = state.fosi if dho2_state else state
-    count = state.count
-    flat_g, _ = ravel_pytree(updates)
-    flat_p, unravel = ravel_pytree(params)
-    n, dt = flat_p.shape[0], flat_p.dtype
-    layout = layout_for(n)
-    pairs = Pairs(fs.eigvecs, fs.inv_abs_eig, fs.eigvals, fs.scale)
-    pending, pending_at = (state.pending, state.pending_at) if dho2_state else (None, None)
-    if r > 0:
-      due = (count + 1 >= warmup) & ((count + 1 - warmup) % refresh_every == 0)
-      like = pairs if curvature_delay == 0 else pending
-      fresh = lambda: _match_vma(refresh(params, batch, dt), like)
-      if curvature_delay == 0:
-        pairs = lax.cond(due, fresh, lambda: pairs)
-      else:  # MR-DHO2 emulation: pairs of the snapshot at call t become active at call t + D
-        pending = lax.cond(due, fresh, lambda: pending)
-        pending_at = jnp.where(due, count + curvature_delay, pending_at)
-        active = count >= pending_at
-        pairs = jax.tree.map(lambda a, b: jnp.where(active, a, b), pending, pairs)
-        pending_at = jnp.where(active, _NEVER, pending_at)
-
-    g = layout.reduce(flat_g.astype(dt))
-    theta = layout.own(flat_p)
-    step_base = _on_full_vector(base, layout, flat_p) if replicated_base else base
-    base_state = fs.base_state
-    if sliced_base:   # init ran outside shard_map: build the base state from this device's slice now
-      base_state = lax.cond(count == 0, lambda: _match_vma(base.init(theta), base_state), lambda: base_state)
-    disp, anchor = (state.admm_disp, state.admm_anchor) if dho2_state else (None, None)
-    if admm is not None:
-      g = g + admm_sigma * disp            # g_hat = g + pi, pi = sigma * sum(delta)
-      anchor = jnp.where(count % admm_period == 0, theta, anchor)
-    if r > 0:
-      def hybrid():
-        return _fosi_direction(g, pairs, fs.velocity, base_state, theta,
-                               lambda x: layout.rsum(pairs.eigvecs @ x), step_base, vel_rule, alpha, dt)
-
-      def plain():   # no pairs yet (V = 0): the base step exactly, bit for bit
-        d, new_base_state = step_base.update(g, base_state, theta)
-        return d.astype(dt), fs.velocity, new_base_state
-      u, velocity, base_state = lax.cond(count + 1 < warmup + curvature_delay, plain, hybrid)
-    else:
-      velocity = fs.velocity
-      u, base_state = step_base.update(g, base_state, theta)
-      u = u.astype(dt)
-    if admm is not None:                   # end of period: x <- x + pi/sigma, pi += sigma (x - a)
-      end = (count + 1) % admm_period == 0
-      new_disp = disp + (theta + u - anchor)
-      disp = jnp.where(end, new_disp, disp)
-      u = jnp.where(end, u + new_disp, u)
-    new_count = optax.safe_increment(count)
-    new_fs = FosiState(new_count, base_state, velocity, *pairs)
-    new_updates = unravel(layout.gather(u))
-    if dho2_state:
-      return new_updates, Dho2State(new_count, new_fs, disp, anchor, pending, pending_at)
-    return new_updates, new_fs
-
-  # ---- admm="consensus" ([P2] as read in spec 4 [I] (b)) -------------------------------------------
-  def consensus_init(flat):
-    n, dt = flat.shape[0], flat.dtype
-    fs = FosiState(
-        count=jnp.zeros([], jnp.int32),
-        base_state=base.init(flat),             # per replica, full n (local steps diverge)
-        velocity=jnp.zeros((n,), dt),           # per replica
-        eigvecs=jnp.zeros((r, n), dt),          # full rows, identical on every device
-        inv_abs_eig=jnp.zeros((r,), dt),
-        eigvals=jnp.zeros((r,), dt),
-        scale=jnp.ones([], dt))
-    return Dho2State(fs.count, fs, admm_x=flat, admm_dual=jnp.zeros((n,), dt))
-
-  def consensus_update(state, params, batch):
-    """One local FOSI step of this replica; consensus at the end of each ``admm_period`` calls.
-
-    ``z`` = params (replicated, moved only at consensus points); ``x_p``, ``pi_p`` per device.
-    Local objective ``f_p(x) + pi_p^T x + (rho/2)||x - z||^2``; its gradient is taken at ``x_p``
-    (a device-varying value, so no all-reduce). The incoming gradient (taken at ``z``) is unused.
-    """
-    if batch is None:
-      raise ValueError("dho2(admm='consensus') update needs the batch (local gradients are taken at "
-                       "each replica's own iterate): update(g, state, params, batch=...)")
-    fs, count = state.fosi, state.count
-    flat_p, unravel = ravel_pytree(params)
-    n, dt = flat_p.shape[0], flat_p.dtype
-    layout = layout_for(n)
-    pairs = Pairs(fs.eigvecs, fs.inv_abs_eig, fs.eigvals, fs.scale)
-    if r > 0:   # curvature of the mean loss at z, sharded Lanczos; shifted by rho (the penalty's Hessian)
-      due = (count + 1 >= warmup) & ((count + 1 - warmup) % refresh_every == 0)
-
-      def fresh():
-        new = refresh(params, batch, dt, shift=eig_shift + admm_rho)
-        vecs = new.eigvecs
-        if layout.sharded:   # slices (r, s) -> full rows (r, n) on every device: r*n floats gathered
-          vecs = lax.all_gather(vecs, axis_name, axis=1, tiled=True, to="invarying")[:, :n]
-        return _match_vma(new._replace(eigvecs=vecs), pairs)
-      pairs = lax.cond(due, fresh, lambda: pairs)
-
-    z = flat_p
-    x = jnp.where(count % admm_period == 0, z, state.admm_x)     # period start: x_p <- z
-    dual = state.admm_dual
-    grad_x = ravel_pytree(jax.grad(loss_fn)(unravel(x), batch))[0].astype(dt)
-    g = grad_x + dual + admm_rho * (x - z)
-    step, velocity, base_state = _fosi_direction(g, pairs, fs.velocity, fs.base_state, x,
-                                                 lambda v: pairs.eigvecs @ v,   # full rows: no collective
-                                                 base, vel_rule, alpha, dt)
-    x = x + step
-
-    def sync():   # z = pmean(x_p + pi_p / rho); pi_p += rho (x_p - z); x_p <- z (one n-float all-reduce)
-      w = x + dual / admm_rho
-      z_new = w if axis_name is None else lax.pmean(w, axis_name)
-      return z_new - z, dual + admm_rho * (x - z_new), z_new
-
-    keep = (jnp.zeros_like(z), dual, x)
-    u, dual, x = lax.cond((count + 1) % admm_period == 0, lambda: _match_vma(sync(), keep), lambda: keep)
-    new_count = optax.safe_increment(count)
-    new_fs = FosiState(new_count, base_state, velocity, *pairs)
-    return unravel(u), Dho2State(new_count, new_fs, admm_x=x, admm_dual=dual)
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+      raise ValueError(f"{name} update needs params (the HVP and the base step use them)")
+    if setup.r > 0 and batch is None:
+      raise ValueError(f"{name} update needs the curvature batch: update(g, state, params, batch=...)")
+    return _update(setup, updates, state, params, batch)
+  return optax.GradientTransformationExtraArgs(lambda params: _init(setup, params), update_fn)
 
 
-def curvature_basis(loss_fn: Callable, params, batch, *, m: int, seed: int = 0, axis_name=None,
-                    num_shards: int = 1, partitioned: bool = True, dtype=None):
-  """The ESE of a refresh ([F] Alg. 1): ``m`` Lanczos iterations on the Hessian of ``loss_fn`` at
-  ``params`` on ``batch`` (mean over ``axis_name`` when set), from the start vector ``PRNGKey(seed)``.
+# ---- consensus ADMM ([B] Sec. 7.1 scaled form, inexact local FOSI solves; our extension of [P2]) ----
 
-  ``partitioned`` (``dho2``, [P1]): the HVP's input is all-gathered from slices and its output
-  reduce-scattered, so the basis is this device's (m, ceil(n/P)) slice; otherwise (``fosi``, the
-  reference ``b_parallel``) the HVP is ``pmean``-ed and the basis is the full (m, n) on every device.
-  Returns ``LanczosResult``; ``fosi``/``dho2`` call it at each refresh, and it is public so the
-  basis a refresh builds can be measured on a given model.
-  """
-  flat, unravel = ravel_pytree(params)
+
+def _consensus_init(setup: _Setup, params) -> ConsensusState:
+  flat, _ = ravel_pytree(params)
   n, dt = flat.shape[0], flat.dtype
-  layout = Layout(n, num_shards, axis_name, partitioned=partitioned)
-  p_var = params if axis_name is None else lax.pcast(params, axis_name, to="varying")
-  grad_flat = lambda q: ravel_pytree(jax.grad(loss_fn)(q, batch))[0]
+  if setup.r > n:
+    raise ValueError(f"k + l = {setup.r} exceeds the number of parameters n = {n}")
+  count = jnp.zeros([], jnp.int32)
+  fs = FosiState(count, setup.base.init(flat), jnp.zeros((n,), dt), *empty_pairs(setup.r, n, dt))
+  return axis.stack(ConsensusState(count, fs, flat, jnp.zeros((n,), dt)), setup.num_shards)
 
-  def hvp_loc(v_loc):
-    tangent = unravel(layout.gather(v_loc.astype(dt)))
-    if axis_name is not None:
-      tangent = lax.pcast(tangent, axis_name, to="varying")
-    return layout.reduce(jax.jvp(grad_flat, (p_var,), (tangent,))[1])
 
-  return lanczos(hvp_loc, n, m, jax.random.PRNGKey(seed), axis_name=axis_name if layout.sharded else None,
-                 num_shards=num_shards, dtype=dtype)
+def _consensus_update(setup: _Setup, rho: float, state: ConsensusState, params, batch):
+  """One local FOSI step of this replica; consensus at the end of each ``admm_period`` calls.
+
+  ``z`` = params (replicated, moved only at consensus points); ``x_p``, ``pi_p`` per device.
+  Local objective ``f_p(x) + pi_p^T x + (rho/2)||x - z||^2``; its gradient is taken at ``x_p``
+  (a device-varying value, so no all-reduce). The incoming gradient (taken at ``z``) is unused.
+  """
+  state = axis.local(state, "dho")
+  fs, count = state.fosi, state.count
+  z, unravel = ravel_pytree(params)
+  n, dt = z.shape[0], z.dtype
+  layout = setup.layout(n)
+
+  def full_rows():   # curvature of the mean loss at z, sharded Lanczos, shifted by rho; slices -> (r, n) rows
+    new = setup.curvature.estimate(params, batch, dt, extra_shift=rho)
+    vecs = new.eigvecs
+    if layout.sharded:   # r*n floats all-gathered once per refresh
+      vecs = lax.all_gather(vecs, setup.axis_name, axis=1, tiled=True, to="invarying")[:, :n]
+    return new._replace(eigvecs=vecs)
+  pairs = fs.pairs
+  if setup.r > 0:
+    pairs = maybe_refresh(refresh_due(count, setup.warmup, setup.refresh_every), full_rows, pairs)
+  x = jnp.where(count % setup.admm_period == 0, z, state.admm_x)     # period start: x_p <- z
+  dual = state.admm_dual
+  grad_x = ravel_pytree(jax.grad(setup.loss_fn)(unravel(x), batch))[0].astype(dt)
+  step, velocity, base_state = _fosi_direction(grad_x + dual + rho * (x - z), pairs, fs.velocity, fs.base_state,
+                                               x, lambda v: pairs.eigvecs @ v, setup.base, setup.velocity_rule(),
+                                               setup.alpha, dt)
+  x = x + step
+
+  def sync():   # z = pmean(x_p + pi_p / rho); pi_p += rho (x_p - z); x_p <- z (one n-float all-reduce)
+    w = x + dual / rho
+    z_new = w if setup.axis_name is None else lax.pmean(w, setup.axis_name)
+    return z_new - z, dual + rho * (x - z_new), z_new
+
+  keep = (jnp.zeros_like(z), dual, x)
+  u, dual, x = lax.cond((count + 1) % setup.admm_period == 0, lambda: match_vma(sync(), keep), lambda: keep)
+  new_count = optax.safe_increment(count)
+  new_fs = FosiState(new_count, base_state, velocity, *pairs)
+  return unravel(u), axis.unlocal(ConsensusState(new_count, new_fs, x, dual))
+
+
+def consensus_admm(base: optax.GradientTransformation, loss_fn: Callable, *, admm_rho, admm_period: int,
+                   num_shards: int | None = None, mesh=None, axis_name="data", k: int = 16, l: int = 0,
+                   m: int | None = None, refresh_every: int = 100, warmup: int = 1, alpha=0.1, scale_clip=3.0,
+                   momentum: str = "ema", decay=0.9, seed: int = 0, eig_floor=0.0, eig_shift=0.0,
+                   lanczos_dtype=None) -> optax.GradientTransformationExtraArgs:
+  """Consensus ADMM with local FOSI steps (``dho2(admm="consensus")``; [B] Sec. 7.1, our extension
+  of [P2]). Each replica p keeps its iterate ``x_p`` and dual ``pi_p`` (``ConsensusState``, per
+  device) and takes ``admm_period`` = tau local FOSI steps on
+  ``f_p(x) + pi_p^T x + (rho/2)||x - z||^2`` (gradient of ``loss_fn`` on its own ``batch`` at
+  ``x_p``, no per-step reduction); after the tau-th, ``z = pmean(x_p + pi_p/rho)``,
+  ``pi_p += rho (x_p - z)``, ``x_p <- z`` (one all-reduce of n floats per period). ``z`` is the
+  replicated params: the updates are ``z_new - z`` at consensus calls and 0 otherwise. The
+  gradient passed to ``update`` is ignored. Curvature: refreshed on the usual schedule at ``z`` by
+  the sharded Lanczos on the mean loss, the (r, s) eigenvector slices all-gathered to (r, n) rows
+  on every device; the Newton part uses ``1/|lambda + eig_shift + rho|`` (the local objective's
+  Hessian ``H(z) + rho I``) and ``c`` comes from the same shifted values. Other arguments: ``dho2``.
+  """
+  rho = _check_rho("consensus", admm_rho)
+  admm_period = _check_int("admm_period", admm_period, 1)
+  setup = _setup(base, loss_fn, k=k, l=l, m=m, refresh_every=refresh_every, warmup=warmup, alpha=alpha,
+                 scale_clip=scale_clip, momentum=momentum, decay=decay, seed=seed, eig_floor=eig_floor,
+                 eig_shift=eig_shift, axis_name=axis_name, num_shards=_num_shards(num_shards, mesh, axis_name),
+                 dho2=True, lanczos_dtype_=lanczos_dtype, admm="consensus", admm_period=admm_period)
+
+  def update_fn(updates, state, params=None, *, batch=None, **extra_args):
+    del updates, extra_args
+    if params is None or batch is None:
+      raise ValueError("dho2(admm='consensus') update needs params and the batch (local gradients are taken at "
+                       "each replica's own iterate): update(g, state, params, batch=...)")
+    return _consensus_update(setup, rho, state, params, batch)
+  return optax.GradientTransformationExtraArgs(lambda params: _consensus_init(setup, params), update_fn)
+
+
+def _num_shards(num_shards, mesh, axis_name) -> int:
+  """P: ``num_shards``, else the size of ``axis_name`` on ``mesh``, else 1."""
+  if num_shards is not None:
+    return num_shards
+  if mesh is not None and axis_name is not None:
+    axes = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
+    return int(np.prod([mesh.shape[a] for a in axes]))
+  return 1
 
 
 def fosi(base: optax.GradientTransformation, loss_fn: Callable, *, k: int = 5, l: int = 0,
@@ -472,10 +508,10 @@ def fosi(base: optax.GradientTransformation, loss_fn: Callable, *, k: int = 5, l
   Returns:
     ``GradientTransformationExtraArgs``; ``update(grads, state, params, batch=...)``.
   """
-  return _build(base, loss_fn, k=k, l=l, m=m, refresh_every=refresh_every, warmup=warmup, alpha=alpha,
-                scale_clip=scale_clip, momentum=momentum, decay=decay, seed=seed, eig_floor=eig_floor,
-                eig_shift=eig_shift, axis_name=axis_name, num_shards=1, dho2_state=False,
-                lanczos_dtype_=lanczos_dtype)
+  return _transformation(_setup(base, loss_fn, k=k, l=l, m=m, refresh_every=refresh_every, warmup=warmup,
+                                alpha=alpha, scale_clip=scale_clip, momentum=momentum, decay=decay, seed=seed,
+                                eig_floor=eig_floor, eig_shift=eig_shift, axis_name=axis_name, num_shards=1,
+                                dho2=False, lanczos_dtype_=lanczos_dtype), "fosi")
 
 
 def fosi_adam(base, loss_fn, **kw):
@@ -521,14 +557,14 @@ def dho2(base: optax.GradientTransformation, loss_fn: Callable, *, num_shards: i
   ``replicated_base=True``.
 
   Args:
-    warmup: W; the first refresh is at 0-based call W-1 (default 1: at the first call, as [C2]).
+    warmup: W; the first refresh is at 0-based call W-1 (default 1: at the first call, as the released v2 code [P2]).
     num_shards: P, the size of ``axis_name`` (state shapes depend on it; 1 with ``axis_name=None``).
     mesh: alternatively, the mesh: ``num_shards = mesh.shape[axis_name]``.
     admm: None, ``"reference"`` or ``"consensus"``.
       ``"reference"``: the released v2 code's period rule ([P2]): every ``admm_period`` calls
       ``a <- x`` at the period start, ``g_hat = g + sigma * sum(delta)`` every step, at the period
       end ``x <- x_end + sum_j delta_j`` (``admm_sigma`` = sigma).
-      ``"consensus"`` (our extension, spec 4 [I] (b)): scaled-form consensus ADMM with inexact local
+      ``"consensus"`` (``consensus_admm``; [B], our extension of [P2]): scaled-form consensus ADMM with inexact local
       solves. Each replica p keeps its own iterate ``x_p`` and dual ``pi_p`` in the state (per-device
       leaves) and takes ``admm_period`` = tau local FOSI steps on
       ``f_p(x) + pi_p^T x + (rho/2)||x - z||^2`` (``f_p``: ``loss_fn`` on its own ``batch``, gradient
@@ -546,55 +582,49 @@ def dho2(base: optax.GradientTransformation, loss_fn: Callable, *, num_shards: i
     admm_sigma: sigma of ``admm="reference"`` (unused by ``"consensus"``).
     admm_rho: rho > 0 of ``admm="consensus"`` (required there; an error with any other ``admm``).
     curvature_delay: D; pairs from the snapshot at call t are used from call t+D (MR-DHO2 [P1]).
-    replicated_base: run the base optimizer on the full vector (spec 5.3): the slice of ``g2`` is
+    replicated_base: run the base optimizer on the full vector (as the reference [F] does): the slice of ``g2`` is
       all-gathered (s floats sent per device per step), the base runs on all n coordinates with the
       full params on every device (its state, n-sized, is replicated) and each device keeps its own
       slice of the step. Exact for any base (global-norm clipping, LAMB, ...); costs the base
       state's 1/P memory saving.
-    Other arguments: see ``fosi``. ``init`` returns the per-device state (``s``-sized slices);
-    ``sharded_leaves`` marks which leaves differ per device.
+    Other arguments: see ``fosi``. ``init`` returns the global layout (per-device leaves with a
+    leading axis of size P); ``state_specs`` places it.
   """
-  if num_shards is None:
-    if mesh is not None and axis_name is not None:
-      axes = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
-      num_shards = int(np.prod([mesh.shape[a] for a in axes]))
-    else:
-      num_shards = 1
-  return _build(base, loss_fn, k=k, l=l, m=m, refresh_every=refresh_every, warmup=warmup, alpha=alpha,
-                scale_clip=scale_clip, momentum=momentum, decay=decay, seed=seed, eig_floor=eig_floor,
-                eig_shift=eig_shift, axis_name=axis_name, num_shards=num_shards, dho2_state=True,
-                admm=admm, admm_period=admm_period, admm_sigma=admm_sigma, admm_rho=admm_rho,
-                curvature_delay=curvature_delay, replicated_base=replicated_base, lanczos_dtype_=lanczos_dtype)
+  common = dict(num_shards=_num_shards(num_shards, mesh, axis_name), axis_name=axis_name, k=k, l=l, m=m,
+                refresh_every=refresh_every, warmup=warmup, alpha=alpha, scale_clip=scale_clip, momentum=momentum,
+                decay=decay, seed=seed, eig_floor=eig_floor, eig_shift=eig_shift)
+  if admm not in ADMM:
+    raise ValueError(f"admm must be one of {ADMM}, got {admm!r}")
+  if admm == "consensus":
+    if curvature_delay:
+      raise ValueError("admm='consensus' does not support curvature_delay > 0")
+    if replicated_base:
+      raise ValueError("replicated_base=True is for dho2's coordinate-sharded mode; with admm='consensus' each "
+                       "replica already runs the base on the full vector")
+    return consensus_admm(base, loss_fn, admm_rho=admm_rho, admm_period=admm_period, lanczos_dtype=lanczos_dtype,
+                          **common)
+  _check_rho(admm, admm_rho)
+  curvature_delay = _check_int("curvature_delay", curvature_delay, 0)
+  if curvature_delay >= _check_int("refresh_every", refresh_every, 1):
+    raise ValueError(f"curvature_delay ({curvature_delay}) must be < refresh_every ({refresh_every})")
+  if replicated_base and axis_name is None:
+    raise ValueError("replicated_base=True is for dho2's coordinate-sharded mode (an axis_name); with "
+                     "axis_name=None the base already runs on the full vector")
+  common["num_shards"] = _check_int("num_shards", common["num_shards"], 1)
+  setup = _setup(base, loss_fn, dho2=True, lanczos_dtype_=lanczos_dtype, replicated_base=replicated_base,
+                 admm=admm, admm_period=_check_int("admm_period", admm_period, 1) if admm else None,
+                 admm_sigma=admm_sigma, curvature_delay=curvature_delay, **common)
+  return _transformation(setup, "dho2")
 
 
-def sharded_leaves(state) -> Any:
-  """Bool tree: True on ``Dho2State`` leaves that differ per device (one slice or replica each).
-
-  Coordinate-sharded modes: base state (unless ``replicated_base``), velocity, eigenvector slices,
-  ADMM vectors. Consensus mode
-  (``admm_x`` set): the replica's iterate and dual, velocity and base state; the full eigenvectors,
-  eigenvalues, scale and count are replicated."""
-  false = lambda t: jax.tree.map(lambda _: False, t)
-  true = lambda t: jax.tree.map(lambda _: True, t)
-  if isinstance(state, FosiState):
-    return false(state)
-  fs = state.fosi
-  if state.admm_x is not None:
-    return Dho2State(count=False, fosi=FosiState(False, true(fs.base_state), True, False, False, False, False),
-                     admm_x=True, admm_dual=True)
-  base_marks = false(fs.base_state) if isinstance(fs.base_state, FullBaseState) else true(fs.base_state)
-  return Dho2State(
-      count=False,
-      fosi=FosiState(False, base_marks, True, True, False, False, False),
-      admm_disp=true(state.admm_disp), admm_anchor=true(state.admm_anchor),
-      pending=None if state.pending is None else Pairs(True, False, False, False),
-      pending_at=false(state.pending_at))
-
-
-def state_specs(state, axis_name="data") -> Any:
-  """PartitionSpec tree: ``P(axis_name)`` on sharded leaves, stored with a leading axis of size P
-  (device p holds its slice at index p), ``P()`` elsewhere."""
-  return jax.tree.map(lambda s: jax.P(axis_name) if s else jax.P(), sharded_leaves(state))
+def state_specs(state, axis_name: str = axis.AXIS) -> Any:
+  """PartitionSpecs for ``shard_map``: ``P(axis_name)`` on the leaves that differ per device
+  (``Dho2State``: coordinate slices of base state, velocity, eigenvectors, ADMM vectors, pending
+  eigenvectors; ``ConsensusState``: each replica's iterate, dual, velocity and base state;
+  ``multi_steps``' accumulated gradients), which ``init`` stores with a leading axis of size P;
+  ``P()`` elsewhere. Found by type anywhere in ``state`` (``optax.chain``, ``inject_hyperparams``,
+  ``dho.multi_steps``); ``fosi``'s state is replicated."""
+  return axis.state_specs(state, axis_name)
 
 
 def payload_bytes(n: int, *, k: int, l: int = 0, m: int | None = None, num_shards: int = 1,

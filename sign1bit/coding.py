@@ -37,12 +37,12 @@ import optax
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
+from sign1bit import axis
 from sign1bit.allocation import Allocation
 from sign1bit.quantize import pack, stochastic_sign, unpack
 
 STRAGGLER_MODELS = ("bernoulli", "fixed")
 WIRES = ("packed", "int8_psum")
-PER_WORKER_FIELDS = ("clip_count", "error")
 
 
 class OneBitGCState(NamedTuple):
@@ -55,7 +55,8 @@ class OneBitGCState(NamedTuple):
     active_total: Σ_t |R_t| (int32, replicated); uplink bits = bits per worker × active_total.
     last_active: |R_t| of the last step.
     clip_count: coordinates this worker clipped (|c| > B) so far, counted on steps it reported
-      (int32, **per worker**: ``state_specs`` gives it ``P(axis)``).
+      (int32, **per worker**: stored with a leading axis of size W, ``state_specs`` gives it
+      ``P(axis)``).
   """
   count: jax.Array
   key: jax.Array
@@ -63,14 +64,20 @@ class OneBitGCState(NamedTuple):
   last_active: jax.Array
   clip_count: jax.Array
 
+  def per_worker_fields(self):
+    return ("clip_count",)
+
 
 class EFSignSGDState(NamedTuple):
-  """State of ``ef_signsgd``; ``error`` (like params) is per worker."""
+  """State of ``ef_signsgd``; ``error`` (like params, f32) is per worker (leading axis W)."""
   count: jax.Array
   key: jax.Array
   active_total: jax.Array
   last_active: jax.Array
   error: Any
+
+  def per_worker_fields(self):
+    return ("error",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,14 +90,14 @@ class Scheme:
     ``vote`` (sign of the sum).
   bound: constant B, ``"linf"`` (B_i = ‖c_i‖_∞ sent as one f32), or None.
   gain: multiplies the local gradient before encoding (1/(d(1−p)) for gradient coding).
-  num_workers: W the scheme was built for (None: the mesh axis size).
+  num_workers: W the scheme was built for (1 with ``axis_name=None``).
   """
   encode: str
   decode: str
   bound: float | str | None
   gain: float
   normalizer: float
-  num_workers: int | None
+  num_workers: int
   straggler_prob: float
   num_stragglers: int | None
   wire: str
@@ -145,12 +152,25 @@ def _check_wire(wire, encode, bound):
 
 
 def _num_workers(scheme: Scheme) -> int:
-  w = 1 if scheme.axis_name is None else lax.axis_size(scheme.axis_name)
-  if scheme.num_workers is not None and w != scheme.num_workers:
+  w = axis.axis_size(scheme.axis_name)
+  if w != scheme.num_workers:
     where = "axis_name=None (one worker)" if scheme.axis_name is None else f"mesh axis {scheme.axis_name!r}"
     raise ValueError(f"{where} has {w} worker(s) but the scheme was built for W={scheme.num_workers} "
                      "(allocation / num_workers)")
   return w
+
+
+def _workers(num_workers, axis_name) -> int:
+  """W of a d = 1 scheme: ``num_workers``, required with an axis (``init`` lays out per-worker
+  state with a leading axis of size W); 1 with ``axis_name=None``."""
+  if num_workers is None:
+    if axis_name is not None:
+      raise ValueError(f"num_workers is required with axis_name={axis_name!r}: pass num_workers=W, the size "
+                       "of the mesh axis (init stores per-worker state with a leading axis of size W)")
+    return 1
+  if not isinstance(num_workers, numbers.Integral) or isinstance(num_workers, bool) or num_workers < 1:
+    raise ValueError(f"num_workers must be a positive integer, got {num_workers!r}")
+  return int(num_workers)
 
 
 def active_mask(scheme: Scheme, step_key: jax.Array, num_workers: int) -> jax.Array:
@@ -228,29 +248,22 @@ def decode(scheme: Scheme, active: jax.Array, received: jax.Array | None = None,
   return vote_sum * (scheme.bound / denom)
 
 
-def _varying(x, axis_name):
-  manual = getattr(jax.typeof(x), "manual_axis_type", None)   # jax 0.10: aval.manual_axis_type.varying
-  varying = getattr(manual, "varying", ())
-  return x if axis_name in varying else lax.pcast(x, axis_name, to="varying")
-
-
 def _exchange(scheme: Scheme, msg: _Message, mine: jax.Array, num_params: int):
   """(received [W, D] or None, scales [W] or None, vote_sum or None) on every device."""
-  axis = scheme.axis_name
+  name = scheme.axis_name
 
   def gather(x):
-    if axis is None:
+    if name is None:
       return x[None]
-    return lax.all_gather(_varying(x, axis), axis, to="invarying")
+    return lax.all_gather(axis.to_varying(x, name), name, to="invarying")
 
   scales = gather(msg.scale) if scheme.sends_scale else None
   if msg.values is not None:
     return gather(msg.values), scales, None
   if scheme.wire == "int8_psum":
-    num_workers = 1 if axis is None else lax.axis_size(axis)
-    dtype = jnp.int8 if num_workers <= 127 else jnp.int32   # |Σ q| <= W must fit
+    dtype = jnp.int8 if scheme.num_workers <= 127 else jnp.int32   # |Σ q| <= W must fit
     q = jnp.where(mine, 2 * msg.bits.astype(dtype) - 1, jnp.zeros((), dtype))
-    total = q if axis is None else lax.psum(_varying(q, axis), axis)
+    total = q if name is None else lax.psum(axis.to_varying(q, name), name)
     return None, scales, total.astype(jnp.float32)
   return unpack(gather(pack(msg.bits)), num_params), scales, None
 
@@ -268,17 +281,18 @@ def _transformation(scheme: Scheme) -> optax.GradientTransformation:
   with_error = scheme.encode == "ef"
 
   def init_fn(params):
-    return _init(scheme, params, with_error)
+    return axis.stack(_init(scheme, params, with_error), scheme.num_workers)
 
   def update_fn(updates, state, params=None):
     del params
     w = _num_workers(scheme)
+    state = axis.local(state, "sign1bit")
     flat, unravel = ravel_pytree(updates)
     dtype = flat.dtype
     flat = flat.astype(jnp.float32)
     step_key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.count)
     active = active_mask(scheme, step_key, w)
-    me = 0 if scheme.axis_name is None else lax.axis_index(scheme.axis_name)
+    me = axis.axis_index(scheme.axis_name)
     mine = active[me]
     error = ravel_pytree(state.error)[0].astype(jnp.float32) if with_error else None
     msg = encode(scheme, flat, worker_key(step_key, me), error)
@@ -292,7 +306,7 @@ def _transformation(scheme: Scheme) -> optax.GradientTransformation:
       new_state = EFSignSGDState(**common, error=new_error)
     else:
       new_state = OneBitGCState(**common, clip_count=state.clip_count + jnp.where(mine, msg.clipped, 0))
-    return unravel(ghat.astype(dtype)), new_state
+    return unravel(ghat.astype(dtype)), axis.unlocal(new_state)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -363,7 +377,7 @@ def _d1_scheme(encode_kind, decode_kind, straggler_prob, bound, *, axis_name, se
   p, s = _check_straggling(straggler_prob, straggler_model, num_stragglers, num_workers)
   _check_wire(wire, encode_kind, bound)
   return Scheme(encode=encode_kind, decode=decode_kind, bound=bound, gain=1.0, normalizer=1.0,
-                num_workers=num_workers, straggler_prob=p, num_stragglers=s, wire=wire,
+                num_workers=_workers(num_workers, axis_name), straggler_prob=p, num_stragglers=s, wire=wire,
                 axis_name=axis_name, seed=seed)
 
 
@@ -423,24 +437,17 @@ def ef_signsgd(learning_rate, straggler_prob: float, **kwargs):
 # ----------------------------------------------------------------------------- state layout
 
 
-def _is_per_worker(path) -> bool:
-  return any(isinstance(k, jax.tree_util.GetAttrKey) and k.name in PER_WORKER_FIELDS for k in path)
-
-
-def worker_leaves(state):
-  """bool tree: True on the per-worker leaves (``clip_count``, ``error``) of any state tree."""
-  return jax.tree_util.tree_map_with_path(lambda path, _: _is_per_worker(path), state)
-
-
-def state_specs(state, axis_name: str = "data"):
-  """PartitionSpecs for ``shard_map``: ``P(axis_name)`` for per-worker leaves, stored with a leading
-  axis of size W (device i holds row i; drop that axis before ``update``), ``P()`` elsewhere."""
-  return jax.tree.map(lambda m: jax.P(axis_name) if m else jax.P(), worker_leaves(state))
+def state_specs(state, axis_name: str = axis.AXIS):
+  """PartitionSpecs for ``shard_map``: ``P(axis_name)`` on the per-worker leaves (``clip_count``,
+  EF ``error``, ``multi_steps``' accumulated gradients; ``init`` stores them with a leading axis
+  of size W, device i holds row i), ``P()`` elsewhere. Found by type anywhere in ``state``
+  (``optax.chain``, ``inject_hyperparams``, ``multi_steps``)."""
+  return axis.state_specs(state, axis_name)
 
 
 def diagnostics(state) -> dict:
-  """``active_total``, ``last_active`` and (if present) ``clip_count`` of the scheme's state,
-  found anywhere in a chain (cumulative uplink bits = ``payload_bits`` × ``active_total``)."""
+  """``active_total``, ``last_active`` and (if present) ``clip_count`` (per worker: leading axis W,
+  1 inside ``shard_map``) of the scheme's state, found anywhere in a chain (cumulative uplink bits = ``payload_bits`` × ``active_total``)."""
   out = {}
   for name in ("active_total", "last_active", "clip_count"):
     found = optax.tree.get_all_with_path(state, name)

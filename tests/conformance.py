@@ -12,7 +12,11 @@ list ``ENTRIES``); ``tests/test_conformance.py`` runs every entry through every 
     it runs and keeps params replicated;
   * where the algorithm is exact, the sharded steps equal the single-device steps on the
     global batch;
-  * the bytes measured from the compiled sharded update equal the entry's declared payload.
+  * the bytes measured from the compiled sharded update equal the entry's declared payload;
+  * a second update with same-shaped inputs does not recompile (optax's own check).
+
+``init`` returns the global layout of the state (per-worker leaves with a leading axis of size
+P) and the entry's ``state_specs`` places it; nothing is stacked or unstacked by hand here.
 """
 from __future__ import annotations
 
@@ -24,8 +28,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
-
-from common.algos.base import own_rows, restack_rows, stack_worker_leaves
 
 AXIS = "data"
 
@@ -64,8 +66,9 @@ class Entry:
       ``jax.grad(loss_fn)``. Called at varying params inside ``shard_map``.
     extra_args: ``(params, x, y) -> dict`` of keyword arguments for ``update``, computed from
       the data the device holds (local rows inside ``shard_map``, all rows on one device).
-    worker_leaves: ``state -> bool tree`` of per-worker leaves (stored with a leading axis of
-      size P under ``P(axis)``); default none.
+    state_specs: ``(state, axis_name) -> PartitionSpec tree`` (the package's ``state_specs``:
+      ``P(axis)`` on per-worker leaves, which ``init`` stores with a leading axis of size P);
+      default: everything replicated.
     exact: sharded result equals the single-device result on the global batch.
     payload_bytes: ``P -> bytes`` each device sends per update; None skips the byte check.
     steps: updates to run.
@@ -79,7 +82,7 @@ class Entry:
   hparams: dict = dataclasses.field(default_factory=dict)
   grad_fn: Callable | None = None
   extra_args: Callable | None = None
-  worker_leaves: Callable | None = None
+  state_specs: Callable | None = None
   exact: bool = True
   payload_bytes: Callable[[int], float] | None = None
   steps: int = 3
@@ -95,10 +98,10 @@ class Entry:
     return self.extra_args(params, x, y) if self.extra_args else {}
 
 
-def _marks(entry: Entry, state):
-  if entry.worker_leaves is None:
-    return jax.tree.map(lambda _: False, state)
-  return entry.worker_leaves(state)
+  def specs(self, state):
+    if self.state_specs is None:
+      return jax.tree.map(lambda _: jax.P(), state)
+    return self.state_specs(state, AXIS)
 
 
 def single_device_run(entry: Entry, tx: optax.GradientTransformation | None = None, steps=None):
@@ -124,26 +127,28 @@ def single_device_run(entry: Entry, tx: optax.GradientTransformation | None = No
 def sharded_step_fn(entry: Entry, mesh: jax.sharding.Mesh):
   """The jitted ``shard_map`` step: local grads at ``pcast`` params, ``tx`` exchanges."""
   tx = entry.make(axis_name=AXIS, **entry.hparams)
-  num_devices = mesh.shape[AXIS]
   params0 = entry.params()
   state0 = tx.init(params0)
-  marks = _marks(entry, state0)
-  state_specs = jax.tree.map(lambda m: jax.P(AXIS) if m else jax.P(), marks)
+  specs = entry.specs(state0)
 
   def body(params, state, x, y):
-    state = own_rows(state, marks)
     g = entry.grads(lax.pcast(params, AXIS, to="varying"), x, y)
     updates, state = tx.update(g, state, params, **entry.extras(params, x, y))
-    return optax.apply_updates(params, updates), restack_rows(state, marks)
+    return optax.apply_updates(params, updates), state
 
-  step = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(jax.P(), state_specs, jax.P(AXIS), jax.P(AXIS)),
-                               out_specs=(jax.P(), state_specs)))
-  init_state = stack_worker_leaves(state0, marks, num_devices)
-  return step, params0, init_state
+  step = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(jax.P(), specs, jax.P(AXIS), jax.P(AXIS)),
+                               out_specs=(jax.P(), specs)))
+  return step, params0, state0
+
+
+def placed(tree, specs, mesh):
+  """``tree`` as global arrays laid out by ``specs`` on ``mesh``."""
+  return jax.tree.map(lambda a, s: jax.device_put(a, jax.NamedSharding(mesh, s)), tree, specs)
 
 
 def sharded_run(entry: Entry, mesh, steps=None):
   step, params, state = sharded_step_fn(entry, mesh)
+  params, state = placed(params, jax.tree.map(lambda _: jax.P(), params), mesh), placed(state, entry.specs(state), mesh)
   x, y = entry.data()
   states = [state]
   for _ in range(steps or entry.steps):

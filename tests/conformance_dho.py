@@ -48,7 +48,7 @@ def _fosi(axis_name, learning_rate):
 
 ENTRIES = [
     Entry("dho2_adam", _dho2, _params, _loss, _data, hparams={"learning_rate": 0.01},
-          extra_args=_extras, worker_leaves=dho.sharded_leaves, rtol=1e-4, atol=1e-5,
+          extra_args=_extras, state_specs=dho.state_specs, rtol=1e-4, atol=1e-5,
           payload_bytes=lambda P: dho.payload_bytes(_N, k=2, m=8, num_shards=P)),
     Entry("fosi_hb_replicated", _fosi, _params, _loss, _data, hparams={"learning_rate": 0.1},
           extra_args=_extras, rtol=1e-4, atol=1e-5,

@@ -103,3 +103,20 @@ def test_measured_bytes_equal_declared_payload(entry):
   x, y = entry.data()
   report = collective_bytes(step.lower(params, state, x, y).compile())
   assert report.payload == pytest.approx(entry.payload_bytes(8)), report.summary()
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=ids)
+def test_second_update_does_not_recompile(entry):
+  """optax's no-recompile check: the state an update returns has the structure, shapes, dtypes,
+  weak types and shardings of the one it got, so a second step reuses the compiled program (on one
+  device and in the sharded step)."""
+  tx = entry.make(axis_name=None, **entry.hparams)
+  params = entry.params()
+  x, y = entry.data()
+  update = jax.jit(lambda p, s: tx.update(entry.grads(p, x, y), s, p, **entry.extras(p, x, y)))
+  state = tx.init(params)
+  for _ in range(2):
+    _, state = update(params, state)
+  assert update._cache_size() == 1
+  _, _, step = sharded_run(entry, _mesh(), steps=2)
+  assert step._cache_size() == 1

@@ -17,7 +17,7 @@ def _config(name, arg=None, **overrides):
 
 @pytest.mark.parametrize("name,arg", [("dho2_mlp", "8"), ("dho_mlp_digits", "hb"), ("dho2_v2", None)])
 def test_configs_run_and_learn(name, arg):
-  config = _config(name, arg, **{"algo.refresh_every": 20, "algo.warmup": 20, "algo.admm_period": 0})
+  config = _config(name, arg, **{"algo.refresh_every": 20, "algo.warmup": 20, "algo.admm_period": None})
   result = train.run(config, None, quiet=True)
   losses = [h["loss"] for h in result.history]
   assert result.status == "ok" and losses[-1] < 0.5 * losses[0]
@@ -28,7 +28,7 @@ def test_configs_run_and_learn(name, arg):
 
 
 @pytest.mark.parametrize("field,overrides", [
-    ("algo.k", {"algo.k": 6000, "algo.m": 0}), ("algo.m", {"algo.m": 3}),
+    ("algo.k", {"algo.k": 6000, "algo.m": None}), ("algo.m", {"algo.m": 3}),
     ("algo.refresh_every", {"algo.refresh_every": 0}), ("algo.variant", {"algo.variant": "kfac"}),
     ("algo.momentum", {"algo.momentum": "adam"}), ("algo.curvature_delay", {"algo.curvature_delay": 50}),
     ("algo.admm", {"algo.admm": "bogus"})])
@@ -79,3 +79,14 @@ def test_logged_bytes_are_the_branch_each_step_took(name, overrides):
   plain = measured.get("plain", measured.get("local"))
   assert history[-1]["cum_bytes"] < 0.5 * final["max_bytes_per_step"] * 20 and plain < measured["refresh+" + (
       "plain" if "plain" in measured else "local")] / 10
+
+
+@pytest.mark.parametrize("variant", ["dho2", "fosi"])
+def test_k_zero_runs_as_the_base_optimizer(variant):
+  """k = l = 0 (no curvature, the base step alone) is a valid config: the empty (P, 0, s)
+  eigenvector leaf is placed by ``dho.state_specs`` like every other per-device leaf. Before,
+  ``--config.algo.k=0`` crashed on the first step."""
+  config = _config("dho2_mlp", "8", **{"algo.k": 0, "algo.variant": variant})
+  config.num_steps, config.log_every = 3, 3
+  result = train.run(config, None, quiet=True)
+  assert result.status == "ok" and len(result.history) == 3

@@ -65,22 +65,18 @@ def run_single(tx, params, loss, batch, steps):
 
 
 def run_sharded(tx, params, loss, batch, steps, p):
-  """shard_map loop over p devices (batch rows split, sharded leaves with a leading P axis)."""
+  """shard_map loop over p devices (batch rows split; ``init``'s global layout placed by ``state_specs``)."""
   m = mesh(p)
-  state0 = tx.init(params)
-  marks = dho.sharded_leaves(state0)
-  specs = dho.state_specs(state0, AXIS)
-  on = lambda fn, s: jax.tree.map(lambda leaf, mk: fn(leaf) if mk else leaf, s, marks)
+  state = tx.init(params)
+  specs = dho.state_specs(state, AXIS)
 
   def body(params, state, bx, by):
-    state = on(lambda a: a[0], state)
     g = jax.grad(loss)(lax.pcast(params, AXIS, to="varying"), (bx, by))
     u, state = tx.update(g, state, params, batch=(bx, by))
-    return optax.apply_updates(params, u), on(lambda a: a[None], state), u
+    return optax.apply_updates(params, u), state, u
 
   step = jax.jit(jax.shard_map(body, mesh=m, in_specs=(jax.P(), specs, jax.P(AXIS), jax.P(AXIS)),
                                out_specs=(jax.P(), specs, jax.P())))
-  state = on(lambda a: jnp.broadcast_to(a, (p,) + a.shape), state0)
   ps, ss, us = [params], [state], []
   for _ in range(steps):
     params, state, u = step(params, state, *batch)

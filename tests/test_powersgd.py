@@ -11,7 +11,6 @@ import pytest
 from jax import lax
 
 from common import powersgd
-from common.algos.base import own_rows, restack_rows, stack_worker_leaves
 from common.comm import collective_bytes, dense_allreduce_present
 
 AXIS, W = "data", 8
@@ -48,16 +47,13 @@ def _reference(grads_per_step, q0, rank):
 
 def _sharded_update(tx, params):
   state0 = tx.init(params)
-  marks = powersgd.worker_leaves(state0)
-  specs = jax.tree.map(lambda m: P(AXIS) if m else P(), marks)
+  specs = powersgd.state_specs(state0, AXIS)
 
   def body(g, state):
-    state = own_rows(state, marks)
-    updates, state = tx.update(jax.tree.map(lambda x: x[0], g), state, params)
-    return updates, restack_rows(state, marks)
+    return tx.update(jax.tree.map(lambda x: x[0], g), state, params)
 
   step = jax.jit(jax.shard_map(body, mesh=_mesh(), in_specs=(P(AXIS), specs), out_specs=(P(), specs)))
-  return step, stack_worker_leaves(state0, marks, W)
+  return step, state0
 
 
 @pytest.mark.parametrize("rank", [1, 3])
@@ -67,7 +63,7 @@ def test_sharded_steps_equal_numpy_reference(rank):
   grads = rng.normal(size=(steps, W, n, m)).astype(np.float32)
   bias = rng.normal(size=(steps, W, m)).astype(np.float32)
   params = {"kernel": jnp.zeros((n, m)), "bias": jnp.zeros((m,))}
-  tx = powersgd.scale_by_powersgd(rank, axis_name=AXIS, seed=3)
+  tx = powersgd.scale_by_powersgd(rank, axis_name=AXIS, num_workers=W, seed=3)
   step, state = _sharded_update(tx, params)
   q0 = np.asarray(state.q["kernel"])
   want, want_errors = _reference(grads.astype(np.float64), q0, rank)
@@ -85,7 +81,7 @@ def test_low_rank_mean_is_recovered_exactly():
   u = rng.normal(size=(16, 1))
   grads = np.stack([u @ rng.normal(size=(1, 10)) for _ in range(W)]).astype(np.float32)  # mean: rank 1
   params = {"kernel": jnp.zeros((16, 10))}
-  step, state = _sharded_update(powersgd.scale_by_powersgd(1, axis_name=AXIS), params)
+  step, state = _sharded_update(powersgd.scale_by_powersgd(1, axis_name=AXIS, num_workers=W), params)
   updates, state = step({"kernel": grads}, state)
   np.testing.assert_allclose(updates["kernel"], grads.mean(0), rtol=1e-5, atol=1e-5)
   # Each worker's error is its own gradient minus the mean (the reference's e_w = Δ_w − Ĝ).
@@ -97,7 +93,7 @@ def test_error_feedback_telescopes():
   rng = np.random.default_rng(2)
   grads = rng.normal(size=(6, W, 24, 18)).astype(np.float32)
   params = {"kernel": jnp.zeros((24, 18))}
-  step, state = _sharded_update(powersgd.scale_by_powersgd(2, axis_name=AXIS), params)
+  step, state = _sharded_update(powersgd.scale_by_powersgd(2, axis_name=AXIS, num_workers=W), params)
   sent = np.zeros((24, 18))
   for g in grads:
     updates, state = step({"kernel": g}, state)
@@ -110,20 +106,18 @@ def test_measured_bytes_equal_payload_and_no_dense_allreduce():
   params = {"conv": jnp.zeros((3, 3, 8, 16)), "dense": {"kernel": jnp.zeros((64, 10)), "bias": jnp.zeros(10)},
             "tiny": jnp.zeros((2, 2))}          # tiny: r(n+m) >= nm, so it travels dense
   rank = 2
-  tx = optax.chain(powersgd.scale_by_powersgd(rank, axis_name=AXIS), optax.sgd(0.1))
+  tx = optax.chain(powersgd.scale_by_powersgd(rank, axis_name=AXIS, num_workers=W), optax.sgd(0.1))
   state0 = tx.init(params)
-  marks = powersgd.worker_leaves(state0)
-  specs = jax.tree.map(lambda m: P(AXIS) if m else P(), marks)
+  specs = powersgd.state_specs(state0, AXIS)
 
   def body(params, state, x):
-    state = own_rows(state, marks)
     loss = lambda p: sum(jnp.sum(jnp.tanh(v * x[0, 0])) for v in jax.tree.leaves(p))
     g = jax.grad(loss)(lax.pcast(params, AXIS, to="varying"))
     updates, state = tx.update(g, state, params)
-    return optax.apply_updates(params, updates), restack_rows(state, marks)
+    return optax.apply_updates(params, updates), state
 
   step = jax.jit(jax.shard_map(body, mesh=_mesh(), in_specs=(P(), specs, P(AXIS)), out_specs=(P(), specs)))
-  report = collective_bytes(step.lower(params, stack_worker_leaves(state0, marks, W),
+  report = collective_bytes(step.lower(params, state0,
                                        jnp.ones((W, 1))).compile())
   expected = 4 * (rank * (72 + 16) + rank * (64 + 10) + 10 + 4)
   assert powersgd.payload_bytes(params, rank) == expected
@@ -136,3 +130,8 @@ def test_measured_bytes_equal_payload_and_no_dense_allreduce():
 def test_bad_rank_is_refused(rank):
   with pytest.raises(ValueError, match="rank"):
     powersgd.scale_by_powersgd(rank)
+
+
+def test_axis_needs_the_number_of_workers():
+  with pytest.raises(ValueError, match="num_workers=W"):
+    powersgd.scale_by_powersgd(1, axis_name=AXIS)

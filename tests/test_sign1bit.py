@@ -9,7 +9,6 @@ import pytest
 from jax import lax
 
 import sign1bit
-from common.algos.base import own_rows, restack_rows, stack_worker_leaves
 from common.comm import collective_bytes, dense_allreduce_present
 from sign1bit.coding import worker_key
 
@@ -24,12 +23,10 @@ def _put(tree, mesh, specs):
   return jax.tree.map(lambda x, s: jax.device_put(x, jax.sharding.NamedSharding(mesh, s)), tree, specs)
 
 
-def _stacked_state(tx, params, w):
-  """init state with per-worker leaves given a leading axis of size W, and its specs."""
+def _state(tx, params):
+  """init state (global layout: per-worker leaves with a leading axis of size W) and its specs."""
   state = tx.init(params)
-  marks = sign1bit.worker_leaves(state)
-  state = stack_worker_leaves(state, marks, w)
-  return state, marks, sign1bit.state_specs(state, AXIS)
+  return state, sign1bit.state_specs(state, AXIS)
 
 
 def collect(tx, local_grads, steps, *, per_device=False):
@@ -40,17 +37,16 @@ def collect(tx, local_grads, steps, *, per_device=False):
   local_grads = np.asarray(local_grads, np.float32)
   w, d = local_grads.shape
   mesh = _mesh(w)
-  state, marks, specs = _stacked_state(tx, jnp.zeros(d), w)
+  state, specs = _state(tx, jnp.zeros(d))
 
   def body(g, st):
-    st = own_rows(st, marks)
 
     def one(st, _):
       u, st = tx.update(g[0], st)
       return st, u
 
     st, us = lax.scan(one, st, None, length=steps)
-    return (us[None] if per_device else us), restack_rows(st, marks)
+    return (us[None] if per_device else us), st
 
   out = jax.P(AXIS) if per_device else jax.P()
   f = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(jax.P(AXIS), specs), out_specs=(out, specs)))
@@ -89,15 +85,14 @@ def _compiled_step(tx, d, *, replicated_grad=False):
   """Bytes of one full step: local least-squares loss of per-device rows, grad, tx.update."""
   mesh = _mesh()
   params = jnp.zeros((d,))
-  state, marks, specs = _stacked_state(tx, params, 8)
+  state, specs = _state(tx, params)
   x = np.random.default_rng(0).normal(size=(8 * 4, d)).astype(np.float32)
 
   def body(params, st, x):
-    st = own_rows(st, marks)
     at = params if replicated_grad else lax.pcast(params, AXIS, to="varying")
     g = jax.grad(lambda p: jnp.mean((x @ p - 1.0) ** 2))(at)
     u, st = tx.update(g, st)
-    return params - 0.1 * u, restack_rows(st, marks)
+    return params - 0.1 * u, st
 
   f = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(jax.P(), specs, jax.P(AXIS)), out_specs=(jax.P(), specs)))
   args = (_put(params, mesh, jax.P()), _put(state, mesh, specs), _put(x, mesh, jax.P(AXIS)))
@@ -154,9 +149,9 @@ def test_clipped_coordinates_are_counted():
   g = jnp.array([0.1, -0.7, 0.9, 0.5, -0.49, 2.0])       # three beyond B = 0.5
   state = tx.init(g)
   u, state = tx.update(g, state)
-  assert int(state.clip_count) == 3
+  assert state.clip_count.shape == (1,) and int(state.clip_count[0]) == 3   # one worker: W = 1
   _, state = tx.update(g, state)
-  assert int(state.clip_count) == 6
+  assert int(state.clip_count[0]) == 6
   assert set(np.abs(np.asarray(u)).tolist()) == {0.5}    # one worker, N = 1: ĝ = B q
 
 
@@ -268,11 +263,10 @@ def _stationary_error(tx, steps=20_000, eta=0.05):
   alloc = QUAD_ALLOC
   mesh = _mesh()
   local_a = _local_sums(alloc, a).astype(np.float32)        # Σ_{k∈S_i} a_k
-  state, marks, specs = _stacked_state(tx, jnp.zeros(64), 8)
+  state, specs = _state(tx, jnp.zeros(64))
   w_star = a.mean(0)
 
   def body(sa, st):
-    st = own_rows(st, marks)
 
     def one(carry, _):
       w, st = carry
@@ -374,7 +368,7 @@ def _masks(p, seed, steps, w=8):
 def test_ef_signsgd_matches_numpy():
   p, seed, steps = 0.3, 6, 5
   g = np.random.default_rng(6).normal(size=(8, 17)).astype(np.float32)
-  us, st = collect(sign1bit.scale_by_ef_sign(p, seed=seed), g, steps)
+  us, st = collect(sign1bit.scale_by_ef_sign(p, seed=seed, num_workers=8), g, steps)
   e = np.zeros_like(g, np.float64)
   for t, active in enumerate(_masks(p, seed, steps)):
     u = g + e
@@ -389,8 +383,8 @@ def test_sign_majority_and_ignore_stragglers_match_numpy():
   p, seed, steps = 0.4, 7, 6
   g = np.random.default_rng(7).normal(size=(8, 23)).astype(np.float32)
   g[:, 0] = 0.0                                               # sign(0) counts as +1
-  vote, _ = collect(sign1bit.scale_by_sign_majority(p, seed=seed), g, steps)
-  mean, _ = collect(sign1bit.scale_by_ignore_stragglers(p, seed=seed), g, steps)
+  vote, _ = collect(sign1bit.scale_by_sign_majority(p, seed=seed, num_workers=8), g, steps)
+  mean, _ = collect(sign1bit.scale_by_ignore_stragglers(p, seed=seed, num_workers=8), g, steps)
   for t, active in enumerate(_masks(p, seed, steps)):
     signs = np.where(g >= 0, 1.0, -1.0)
     np.testing.assert_array_equal(vote[t], np.sign(signs[active].sum(0)))
@@ -403,7 +397,7 @@ def test_one_bit_ignore_stragglers_is_unbiased_given_the_mask():
   Positive g_i make a decoder that divides by W instead of |R_t| miss by ~p·mean(g)."""
   p, seed, steps = 0.4, 2, 6000
   g = np.random.default_rng(8).uniform(0.1, 0.5, size=(8, 12)).astype(np.float32)
-  us, _ = collect(sign1bit.scale_by_ignore_stragglers(p, quantize=True, bound=1.0, seed=seed), g, steps)
+  us, _ = collect(sign1bit.scale_by_ignore_stragglers(p, quantize=True, bound=1.0, seed=seed, num_workers=8), g, steps)
   masks = _masks(p, seed, steps)
   counts = masks.sum(1, keepdims=True)
   expect = (masks.astype(np.float64) @ g) / np.maximum(counts, 1)
@@ -488,7 +482,10 @@ def test_bad_input_fails_at_construction(make, match):
 
 def test_mesh_size_must_match_the_allocation():
   tx = sign1bit.scale_by_one_bit_gc(sign1bit.allocation("frc", 4, 2), 0.2, 1.0)
-  with pytest.raises(ValueError, match="built for W=4"):
+  with pytest.raises(ValueError, match="evenly divide the dimension size 4"):   # clip_count has W = 4 rows
+    collect(tx, np.ones((8, 3)), 1)
+  tx = sign1bit.scale_by_one_bit_gc(sign1bit.allocation("frc", 16, 2), 0.2, 1.0)
+  with pytest.raises(ValueError, match="built for W=16"):                      # 16 rows fit 8 devices
     collect(tx, np.ones((8, 3)), 1)
 
 
@@ -500,7 +497,7 @@ def test_bf16_params_give_bf16_updates_and_diagnostics_are_found_in_a_chain():
   assert u["w"].dtype == jnp.bfloat16
   np.testing.assert_allclose(np.abs(np.asarray(u["w"], np.float32)), 0.1, rtol=1e-2)   # |η B q| = 0.1
   diag = sign1bit.diagnostics(state)
-  assert (int(diag["active_total"]), int(diag["last_active"]), int(diag["clip_count"])) == (1, 1, 0)
+  assert (int(diag["active_total"]), int(diag["last_active"]), int(diag["clip_count"][0])) == (1, 1, 0)
   ef = sign1bit.ef_signsgd(0.1, 0.0, axis_name=None)
   _, state = ef.update(params, ef.init(params))
   assert state[0].error["w"].dtype == jnp.float32

@@ -80,28 +80,6 @@ class Method:
   analytic_branches: dict[str, float] | None = None
 
 
-def on_marked(fn: Callable, tree, marks):
-  """``fn`` applied to the leaves of ``tree`` whose mark is True, the others unchanged."""
-  return jax.tree.map(lambda leaf, m: fn(leaf) if m else leaf, tree, marks)
-
-
-def stack_worker_leaves(state, marks, num_devices: int):
-  """Host copy of ``state`` whose marked (per-worker) leaves get a leading axis of size P: the
-  global layout that ``P(axis)`` shards so each device holds its own row."""
-  return on_marked(lambda x: np.broadcast_to(np.asarray(x), (num_devices,) + np.shape(x)).copy(),
-                   jax.device_get(state), marks)
-
-
-def own_rows(state, marks):
-  """Inside ``shard_map``: the device's own slice of each marked leaf (drops the leading axis)."""
-  return on_marked(lambda x: x[0], state, marks)
-
-
-def restack_rows(state, marks):
-  """Inverse of ``own_rows``: restores the leading axis before the state leaves ``shard_map``."""
-  return on_marked(lambda x: x[None], state, marks)
-
-
 def replicated_specs(tree) -> Any:
   return jax.tree.map(lambda _: jax.P(), tree)
 
@@ -114,7 +92,7 @@ def worker_key(key: jax.Array, axis_name: str | None = AXIS) -> jax.Array:
 def local_gradient_method(ctx: BuildContext, tx: optax.GradientTransformation, *,
                           grad_fn: Callable | None = None,
                           extra_args_fn: Callable | None = None,
-                          worker_leaves: Callable | None = None,
+                          state_specs: Callable | None = None,
                           analytic_payload: float | None = None,
                           describe: str = "") -> Method:
   """The standard step: local minibatch, local gradient, ``tx`` does the exchange.
@@ -129,33 +107,28 @@ def local_gradient_method(ctx: BuildContext, tx: optax.GradientTransformation, *
     grad_fn: ``(varying_params, batch) -> (loss, grads)``; default ``value_and_grad`` of
       ``ctx.loss_fn``. (SFB passes its factored gradient here.)
     extra_args_fn: ``(params, batch, key) -> dict`` of extra keyword args for ``tx.update``.
-    worker_leaves: ``opt_state -> bool tree``: leaves that differ per worker (error feedback,
-      residuals). They are stored with a leading axis of size P and spec ``P("data")``; the
-      step hands ``tx`` the device's own slice without that axis. Default: none.
+    state_specs: the algorithm package's ``state_specs(opt_state, axis_name)``: ``P(axis)`` on the
+      leaves that differ per worker (``tx.init`` already gives them a leading axis of size P and
+      ``tx.update`` takes each device's row). Default: everything replicated.
     analytic_payload, describe: see ``Method``.
   """
   axis = ctx.axis_name
   grad_fn = grad_fn or jax.value_and_grad(ctx.loss_fn)
-  marks = worker_leaves or (lambda state: jax.tree.map(lambda _: False, state))
+  specs = state_specs or (lambda state, axis_name: replicated_specs(state))
 
   def init_state(params, key):
     del key
-    state = tx.init(params)
-    return stack_worker_leaves(state, marks(state), ctx.num_devices)
-
-  def state_specs(state):
-    return jax.tree.map(lambda m: jax.P(axis) if m else jax.P(), marks(state))
+    return tx.init(params)
 
   def local_step(params, opt_state, shard, key):
     batch = sample_batch(shard, worker_key(key, axis), ctx.batch_per_device)
     loss, grads = grad_fn(lax.pcast(params, axis, to="varying"), batch)
     extra = extra_args_fn(params, batch, key) if extra_args_fn else {}
-    opt_state = own_rows(opt_state, marks(opt_state))
     updates, opt_state = tx.update(grads, opt_state, params, **extra)
     params = optax.apply_updates(params, updates)
-    return params, restack_rows(opt_state, marks(opt_state)), {"loss": lax.pmean(loss, axis)}
+    return params, opt_state, {"loss": lax.pmean(loss, axis)}
 
-  return Method(init_state=init_state, local_step=local_step, state_specs=state_specs,
+  return Method(init_state=init_state, local_step=local_step, state_specs=lambda state: specs(state, axis),
                 analytic_payload=analytic_payload, describe=describe)
 
 

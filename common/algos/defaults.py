@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def dense() -> ml_collections.ConfigDict:
@@ -67,9 +68,9 @@ def dho() -> ml_collections.ConfigDict:
   c.variant = "dho2"
   c.k = 10                  # largest eigenpairs
   c.l = 0                   # smallest eigenpairs
-  c.m = 0                   # Lanczos iterations; 0 = 4 (k + l)
+  c.m = config_dict.placeholder(int)        # Lanczos iterations; None (not set) = 4 (k + l)
   c.refresh_every = 100     # T
-  c.warmup = -1             # W (first refresh at call W-1); -1 = default (fosi: T, dho2: 1)
+  c.warmup = config_dict.placeholder(int)   # W (first refresh at call W-1); None = default (fosi: T, dho2: 1)
   c.alpha = 0.01
   c.scale_clip = 3.0        # c_max (fosi_adam preset uses 1)
   c.momentum = "heavy_ball"  # heavy_ball | ema | nesterov | none (Newton-part momentum)
@@ -78,10 +79,11 @@ def dho() -> ml_collections.ConfigDict:
   c.eig_floor = 0.0
   c.eig_shift = 0.0
   c.admm = "none"           # none | reference | consensus (dho2 only)
-  c.admm_period = 0         # steps; 0 = refresh_every
+  c.admm_period = config_dict.placeholder(int)   # steps; None = refresh_every
   c.admm_sigma = 5e-9       # reference rule's sigma
-  c.admm_rho = 0.0          # consensus penalty rho; 0 = unset (consensus requires rho > 0)
+  c.admm_rho = config_dict.placeholder(float)    # consensus penalty rho > 0 (required by consensus; None = not set)
   c.curvature_delay = 0     # MR-DHO2 emulation (dho2 only)
+  c.replicated_base = False  # dho2: run the base optimizer on the full gathered vector (non-coordinate-wise bases)
   return c
 
 

@@ -4,8 +4,8 @@ Vogels, Karimireddy, Jaggi, NeurIPS 2019, Algorithm 1 (rank-r power step, warm s
 Algorithm 2 (error feedback); the transformation is ``common.powersgd.scale_by_powersgd``. Its
 estimate of the mean gradient is handed to ``config.optimizer`` (the paper uses momentum SGD).
 
-State: the error memories differ per worker (``powersgd.worker_leaves``: leading axis P,
-``P("data")``); Q is replicated. Payload (``powersgd.payload_bytes``): r(n+m) floats of P and Q
+State: the error memories differ per worker (``init`` gives them a leading axis P,
+``powersgd.state_specs`` places them under ``P("data")``); Q is replicated. Payload (``powersgd.payload_bytes``): r(n+m) floats of P and Q
 per compressed matrix plus every dense leaf, per device and step.
 """
 from __future__ import annotations
@@ -30,8 +30,8 @@ def validate(config, dataset) -> None:
 def build(config, ctx: BuildContext) -> Method:
   rank = config.algo.rank
   tx = powersgd.powersgd_with(optimizer_from_config(config), rank, axis_name=ctx.axis_name,
-                              seed=config.seed)
+                              num_workers=ctx.num_devices, seed=config.seed)
   return local_gradient_method(
-      ctx, tx, worker_leaves=powersgd.worker_leaves,
+      ctx, tx, state_specs=powersgd.state_specs,
       analytic_payload=powersgd.payload_bytes(ctx.params, rank),
       describe=f"PowerSGD rank {rank} (P, Q, dense leaves in three all-reduces), then {config.optimizer}")

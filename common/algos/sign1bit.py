@@ -40,7 +40,7 @@ from jax import lax
 
 import sign1bit
 from common.algos import defaults
-from common.algos.base import BuildContext, Method, own_rows, param_count, restack_rows, stack_worker_leaves
+from common.algos.base import BuildContext, Method, param_count
 from common.errors import ConfigError
 
 SCHEMES = ("one_bit_gc", "sgc", "ignore_stragglers", "ignore_stragglers_1bit", "signsgd_majority",
@@ -258,11 +258,9 @@ def build(config, ctx: BuildContext) -> Method:
   bits_per_worker = sign1bit.payload_bits(num_params, payload_scheme(config))
   constant_bound = a.scheme in BOUND_SCHEMES and parse_bound(a.bound) != "linf"
 
-  worker_marks = sign1bit.worker_leaves(tx.init(ctx.params))
-
   def init_state(params, key):
     del key
-    return stack_worker_leaves(tx.init(params), worker_marks, ctx.num_devices)
+    return tx.init(params)
 
   def state_specs(state):
     return sign1bit.state_specs(state, axis)
@@ -277,14 +275,13 @@ def build(config, ctx: BuildContext) -> Method:
     wts = jnp.asarray(weights)[lax.axis_index(axis)]
     value, grads = jax.value_and_grad(local_objective)(lax.pcast(params, axis, to="varying"),
                                                        shard.x, shard.y, wts)
-    state = own_rows(opt_state, worker_marks)
-    before = sign1bit.diagnostics(state)
-    updates, state = tx.update(grads, state, params)
+    before = sign1bit.diagnostics(opt_state)
+    updates, state = tx.update(grads, opt_state, params)
     after = sign1bit.diagnostics(state)
     params = optax.apply_updates(params, updates)
     stats = [value]
     if constant_bound:
-      stats.append((after["clip_count"] - before["clip_count"]).astype(value.dtype))
+      stats.append((after["clip_count"][0] - before["clip_count"][0]).astype(value.dtype))   # this worker's row
     stats = lax.psum(jnp.stack(stats), axis)
     active = after["last_active"]
     metrics = {"loss": stats[0] / (n_parts * d),
@@ -292,7 +289,6 @@ def build(config, ctx: BuildContext) -> Method:
                "uplink_bits": bits_per_worker * after["active_total"].astype(jnp.float32)}
     if constant_bound:
       metrics["clipped"] = stats[1] / (num_params * jnp.maximum(active, 1).astype(stats.dtype))
-    state = restack_rows(state, worker_marks)
     return params, state, metrics
 
   scalar_bytes = np.dtype(dtype).itemsize * (2 if constant_bound else 1)
