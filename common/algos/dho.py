@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import numpy as np
 
 import dho
 from common.algos import defaults
