@@ -35,14 +35,20 @@ class Case:
   def steps(self) -> int:
     return 4 if self.accumulate else 3
 
-  def wrap(self, make: Callable, lift: Callable = lambda t: t) -> optax.GradientTransformation:
-    """The user's optimizer around ``make``; ``lift`` adapts what runs *before* the transformation
-    (the per-worker references apply it to each worker's gradient)."""
+  def before(self) -> optax.GradientTransformation | None:
+    """What the user's chain runs *before* the transformation, or None. The packages' contract
+    (README): it runs on each worker's LOCAL gradient, so ``chain(clip_by_global_norm, tx)`` clips
+    per worker, and the transformation then exchanges the clipped gradients."""
+    return optax.clip_by_global_norm(CLIP) if self.clip == "before" else None
+
+  def wrap(self, make: Callable, local_before: bool = True) -> optax.GradientTransformation:
+    """The user's optimizer around ``make``. ``local_before=False`` leaves out ``before()``: the
+    single-device references apply it to each worker's gradient themselves (``references``)."""
     def factory(learning_rate):   # inject_hyperparams schedules the factory's named arguments
       return make(learning_rate)
     tx = optax.inject_hyperparams(factory)(learning_rate=LR) if self.inject else make(LR)
-    if self.clip == "before":
-      tx = optax.chain(lift(optax.clip_by_global_norm(CLIP)), tx)
+    if self.before() is not None and local_before:
+      tx = optax.chain(self.before(), tx)
     elif self.clip == "after":
       tx = optax.chain(tx, optax.clip_by_global_norm(CLIP))
     if self.accumulate:

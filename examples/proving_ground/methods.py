@@ -108,7 +108,8 @@ def run_sfb(case: Case, mesh, progress) -> Outcome:
 
   sharded = _sharded_run(tx, body, params, batches, case, mesh, progress)
   ref = _reference("sgd", case, lambda: references.dense(
-      loss, case.wrap(lambda lr: optax.sgd(lr, momentum=0.9)), params, batches))
+      loss, case.wrap(lambda lr: optax.sgd(lr, momentum=0.9), local_before=False), params, batches,
+      before=case.before(), workers=mesh.size))
   return Outcome(sharded, ref, _host(params), _tol(case), bf16=case.dtype == jnp.bfloat16)
 
 
@@ -132,9 +133,11 @@ def _fosi_like(dho2: bool):
       return tx.update(g, s, p, batch=(x, y))
 
     sharded = _sharded_run(tx, body, params, batches, case, mesh, progress)
-    ref_tx = case.wrap(lambda lr: dho.fosi(case.base_optimizer(lr), batch_loss, axis_name=None, **FOSI_HP))
+    ref_tx = case.wrap(lambda lr: dho.fosi(case.base_optimizer(lr), batch_loss, axis_name=None, **FOSI_HP),
+                       local_before=False)
     ref = _reference("fosi", case, lambda: references.dense(
-        loss, ref_tx, params, batches, extras=lambda x, y: {"batch": (x, y)}))
+        loss, ref_tx, params, batches, extras=lambda x, y: {"batch": (x, y)}, before=case.before(),
+        workers=mesh.size))
     return Outcome(sharded, ref, _host(params), _tol(case), bf16=case.dtype == jnp.bfloat16)
   return run
 

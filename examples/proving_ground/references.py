@@ -27,13 +27,26 @@ from jax.flatten_util import ravel_pytree
 from proving_ground.spmd import fast_jit
 
 
-def dense(loss_fn: Callable, tx, params, batches, extras: Callable | None = None):
-  """Final params of ``tx`` on ``jax.grad(loss_fn)`` of each global batch (jit, one device)."""
+def dense(loss_fn: Callable, tx, params, batches, extras: Callable | None = None,
+          before: optax.GradientTransformation | None = None, workers: int = 1):
+  """Final params of ``tx`` on ``jax.grad(loss_fn)`` of each global batch (jit, one device).
+
+  ``before`` (a stateless transformation, ``Case.before()``) runs on each of ``workers`` equal
+  row shards' own gradient, and ``tx`` gets the mean of the results: what runs before the
+  transformation in the user's chain sees the worker's local gradient (README contract). Without
+  ``before`` the gradient is that of the global batch (the mean of equal shards' gradients).
+  """
   state = tx.init(params)
 
+  def grad(p, x, y):
+    if before is None:
+      return jax.grad(loss_fn)(p, x, y)
+    local = jax.vmap(lambda xk, yk: local_before(before, jax.grad(loss_fn)(p, xk, yk), p))(
+        *(a.reshape((workers, -1) + a.shape[1:]) for a in (x, y)))
+    return jax.tree.map(lambda g: jnp.mean(g, 0), local)
+
   def step(p, s, x, y):
-    g = jax.grad(loss_fn)(p, x, y)
-    u, s = tx.update(g, s, p, **(extras(x, y) if extras else {}))
+    u, s = tx.update(grad(p, x, y), s, p, **(extras(x, y) if extras else {}))
     return optax.apply_updates(p, u), s
 
   step = fast_jit(step)
@@ -41,6 +54,11 @@ def dense(loss_fn: Callable, tx, params, batches, extras: Callable | None = None
   for x, y in batches:
     params, state = step(params, state, x, y)
   return jax.tree.map(np.asarray, params)
+
+
+def local_before(before: optax.GradientTransformation | None, grads, params=None):
+  """``before`` (stateless: ``clip_by_global_norm``) on one worker's own gradient."""
+  return grads if before is None else before.update(grads, before.init(grads), params)[0]
 
 
 def _clip(tree, max_norm):
@@ -66,15 +84,13 @@ def per_worker_loop(params, local_grads: Callable, decode: Callable, case, *, le
   """Eager loop shared by the sign1bit references.
 
   ``local_grads(params, t) -> [W trees]``; ``decode(flat [W, D], t_inner) -> ĝ flat``. Applies the
-  case's wrappers where the user's chain applies them: clip before (per worker), MultiSteps
-  (per worker), learning rate, clip after.
+  case's wrappers where the user's chain applies them: ``case.before()`` (per worker, as in
+  ``dense``), MultiSteps (per worker), learning rate, clip after.
   """
   acc = Accumulator(case.accumulate)
   inner = 0
   for t in range(case.steps):
-    grads = local_grads(params, t)
-    if case.clip == "before":
-      grads = [_clip(g, clip) for g in grads]
+    grads = [local_before(case.before(), g) for g in local_grads(params, t)]
     grads = acc.add(grads)
     if grads is None:
       continue
@@ -122,44 +138,49 @@ def soft_threshold(tree, threshold):
 def vr_round(example_loss_fn, params, shards, *, l1, learning_rate, rounds, epochs, batch_size, key,
              server="add", variance_reduced=True, clip_after=None):
   """The round model on one device (module docstring). ``shards``: K per-worker ``(x, y)``
-  without padding. Returns the final params."""
+  without padding. Returns the final params. One jitted program per round (``vmap`` over the K
+  workers), so a cell compiles it once."""
   k_workers = len(shards)
   n = sum(len(s[1]) for s in shards)
   every = jax.tree.map(lambda *a: np.concatenate(a), *shards)
   mean_loss = lambda p, d: jnp.mean(example_loss_fn(p, d))  # noqa: E731
-  total_loss = lambda p: jnp.sum(example_loss_fn(p, every)) / n  # noqa: E731
-  grad = jax.jit(jax.grad(mean_loss))
-  count = 0
-  snapshot = mu = None
-  for _ in range(epochs):
+  full_grad = fast_jit(jax.grad(lambda p: jnp.sum(example_loss_fn(p, every)) / n))
+  grad = jax.grad(mean_loss)
+  rows = max(len(y) for _, y in shards)      # padded to equal length; padding is never sampled
+  xs, ys = (np.stack([np.pad(a, [(0, rows - len(a))] + [(0, 0)] * (a.ndim - 1)) for a in arrays])
+            for arrays in zip(*shards))
+  counts = np.asarray([len(y) for _, y in shards], np.int32)
+
+  def vr_gradient(params, snapshot, mu, count, k, x, y, n_k):   # worker k's v_k, vmapped over k
+    idx = vr_prox.sample_indices(key, count, k, batch_size, n_k)
+    batch = (x[idx], y[idx])
+    w = k_workers * n_k / n
+    if not variance_reduced:
+      return jax.tree.map(lambda g: w * g, grad(params, batch))
+    return jax.tree.map(lambda g, s, m: w * (g - s) + m, grad(params, batch), grad(snapshot, batch), mu)
+
+  def one_round(params, snapshot, mu, count):
+    vs = jax.vmap(vr_gradient, in_axes=(None, None, None, None, 0, 0, 0, 0))(
+        params, snapshot, mu, count, jnp.arange(k_workers), xs, ys, counts)
+    step = lambda v: jax.tree.map(lambda x, g: x - learning_rate * g, params, v)  # noqa: E731
+    if server == "add":   # theta = 1/K: x += theta Σ_k (prox_{γh}(x - γ v_k) - x)
+      deltas = jax.vmap(lambda v: jax.tree.map(jnp.subtract, soft_threshold(step(v), learning_rate * l1),
+                                               params))(vs)
+      update = jax.tree.map(lambda d: jnp.sum(d, 0) / k_workers, deltas)
+    else:                 # TAP, one prox per round of K summed steps: prox_{K γ h}
+      new = soft_threshold(step(jax.tree.map(lambda v: jnp.sum(v, 0), vs)), k_workers * learning_rate * l1)
+      update = jax.tree.map(jnp.subtract, new, params)
+    if clip_after is not None:
+      update = _clip(update, clip_after)
+    return jax.tree.map(lambda p, u: (p + u).astype(p.dtype), params, update)
+
+  one_round = fast_jit(one_round)
+  snapshot, mu = params, jax.tree.map(jnp.zeros_like, params)
+  for epoch in range(epochs):
     if variance_reduced:
-      snapshot, mu = params, jax.grad(total_loss)(params)
-    for _ in range(rounds):
-      vs = []
-      for k, (x, y) in enumerate(shards):
-        idx = vr_prox.sample_indices(key, count, k, batch_size, len(y))
-        batch = (x[np.asarray(idx)], y[np.asarray(idx)])
-        w = k_workers * len(y) / n
-        if variance_reduced:
-          gs = grad(snapshot, batch)
-          vs.append(jax.tree.map(lambda g, s, m: w * (g - s) + m, grad(params, batch), gs, mu))
-        else:
-          vs.append(jax.tree.map(lambda g: w * g, grad(params, batch)))
-      if server == "add":
-        theta = 1.0 / k_workers
-        deltas = [jax.tree.map(lambda a, b: a - b,
-                               soft_threshold(jax.tree.map(lambda x, g: x - learning_rate * g, params, v),
-                                              learning_rate * l1), params) for v in vs]
-        update = jax.tree.map(lambda *d: theta * sum(d), *deltas)
-      else:  # TAP, one prox per round of K summed steps: prox_{K γ h}
-        total = jax.tree.map(lambda *v: sum(v), *vs)
-        new = soft_threshold(jax.tree.map(lambda x, g: x - learning_rate * g, params, total),
-                             k_workers * learning_rate * l1)
-        update = jax.tree.map(lambda a, b: a - b, new, params)
-      if clip_after is not None:
-        update = _clip(update, clip_after)
-      params = jax.tree.map(lambda p, u: (p + u).astype(p.dtype), params, update)
-      count += 1
+      snapshot, mu = params, full_grad(params)
+    for r in range(rounds):
+      params = one_round(params, snapshot, mu, jnp.int32(epoch * rounds + r))
   return jax.tree.map(np.asarray, params)
 
 
