@@ -6,7 +6,12 @@ Datasets (``config.dataset``):
   * ``synthetic``       Gaussian multiclass with J = ``num_classes`` classes, D = ``num_features``
                         features and N = ``num_rows`` rows (the large-J, large-D regime of SFB);
   * ``sparse_logistic`` synthetic binary problem whose true weight vector is sparse;
-  * ``svmlight:<path>`` any LIBSVM/svmlight file, read with sklearn's reader (labels remapped to 0..C-1).
+  * ``svmlight:<path>`` any LIBSVM/svmlight file, read with sklearn's reader (labels remapped to 0..C-1);
+  * ``text``            byte-level English text (``common.text``): rows are windows of ``seq_len + 1``
+                        byte tokens (as floats), split by position (last ``test_fraction`` validates),
+                        256 classes (the vocabulary); ``y`` is unused (zeros).
+
+``max_train_rows`` > 0 keeps only the first that many training rows (text: the first windows).
 
 Sharding never drops rows: a split with n rows over P devices becomes P shards of
 ``ceil(n / P)`` rows, padded with zero rows whose ``mask`` is 0.
@@ -69,8 +74,26 @@ def _standardise(x: np.ndarray) -> np.ndarray:
 
 def load(name: str, *, seed: int = 0, test_fraction: float = 0.2, num_classes: int = 10,
          num_features: int = 64, num_rows: int = 4096, sparsity: float = 0.1,
-         noise: float = 1.0) -> Dataset:
+         noise: float = 1.0, seq_len: int = 64, max_train_rows: int = 0) -> Dataset:
   """Loads dataset ``name`` with a deterministic train/test split (see module docstring)."""
+  dataset = _load(name, seed=seed, test_fraction=test_fraction, num_classes=num_classes,
+                  num_features=num_features, num_rows=num_rows, sparsity=sparsity, noise=noise, seq_len=seq_len)
+  if max_train_rows:
+    dataset = dataclasses.replace(dataset, x_train=dataset.x_train[:max_train_rows],
+                                  y_train=dataset.y_train[:max_train_rows])
+  return dataset
+
+
+def _text(test_fraction: float, seq_len: int) -> Dataset:
+  from common import text
+  train, valid = text.load(seq_len, test_fraction)
+  return Dataset("text", train.astype(np.float32), np.zeros(len(train), np.int32),
+                 valid.astype(np.float32), np.zeros(len(valid), np.int32), text.VOCAB)
+
+
+def _load(name, *, seed, test_fraction, num_classes, num_features, num_rows, sparsity, noise, seq_len) -> Dataset:
+  if name == "text":
+    return _text(test_fraction, seq_len)
   if name == "digits":
     from sklearn.datasets import load_digits
     d = load_digits()

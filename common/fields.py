@@ -16,8 +16,8 @@ import os
 from common import algos
 from common.errors import ConfigError, FlagError
 
-DATASETS = ("digits", "breast_cancer", "synthetic", "sparse_logistic", "svmlight:<path>")
-MODELS = ("softmax", "mlp", "logistic")
+DATASETS = ("digits", "breast_cancer", "synthetic", "sparse_logistic", "text", "svmlight:<path>")
+MODELS = ("softmax", "mlp", "logistic", "cnn", "transformer")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 # Fields a resumed run may change: they only schedule the loop, never the state or the math.
 RESUMABLE = ("num_steps", "log_every", "eval_every", "checkpoint_every")
@@ -77,10 +77,29 @@ def check(config) -> None:
   if dataset in ("synthetic", "sparse_logistic"):
     for field in ("num_classes", "num_features", "num_rows"):
       _int_at_least(config, field, 1)
+  check_model_fields(config)
   if config.num_devices and config.batch_size % config.num_devices:
     raise ConfigError("batch_size", f"global batch {config.batch_size} is not divisible by "
                       f"{config.num_devices} devices; use a multiple of {config.num_devices}")
   check_algo_fields(config)
+
+
+def check_model_fields(config) -> None:
+  """The cnn / transformer fields, and that the transformer and the text dataset go together."""
+  _int_at_least(config, "max_train_rows", 0)
+  channels = config.channels
+  if not (isinstance(channels, (tuple, list)) and channels and all(_is_int(c) and c > 0 for c in channels)):
+    raise ConfigError("channels", f"must be a non-empty tuple of positive integers, one per cnn stage, such as "
+                      f"(16, 32, 64), got {channels!r}")
+  for field in ("seq_len", "d_model", "num_heads", "num_layers"):
+    _int_at_least(config, field, 1)
+  if config.d_model % config.num_heads:
+    raise ConfigError("d_model", f"must be divisible by num_heads={config.num_heads} (each head gets "
+                      f"d_model / num_heads features), got {config.d_model}")
+  if (config.model == "transformer") != (config.dataset == "text"):
+    raise ConfigError("model" if config.dataset == "text" else "dataset",
+                      f"model 'transformer' and dataset 'text' go together (a causal LM over byte windows); "
+                      f"got model {config.model!r} on dataset {config.dataset!r}")
 
 
 def check_algo_fields(config) -> None:

@@ -71,8 +71,7 @@ def validate(config: ml_collections.ConfigDict, *, available_devices: int | None
   dataset = load_dataset(config)
   if dataset.num_train < num_devices:
     raise ConfigError("dataset", f"{dataset.num_train} training rows cannot feed {num_devices} devices")
-  models.make(config.model, num_features=dataset.num_features, num_classes=dataset.num_classes,
-              widths=tuple(config.widths), use_bias=config.use_bias)
+  models.from_config(config, dataset)
   adapter.validate(config, dataset)
   return dataset
 
@@ -80,7 +79,7 @@ def validate(config: ml_collections.ConfigDict, *, available_devices: int | None
 def load_dataset(config) -> data.Dataset:
   return data.load(config.dataset, seed=config.seed, test_fraction=config.test_fraction,
                    num_classes=config.num_classes, num_features=config.num_features,
-                   num_rows=config.num_rows)
+                   num_rows=config.num_rows, seq_len=config.seq_len, max_train_rows=config.max_train_rows)
 
 
 # ----------------------------------------------------------------------------- building
@@ -128,8 +127,7 @@ def build(config, dataset: data.Dataset | None = None, mesh=None) -> Experiment:
   mesh = mesh or mesh_lib.make_mesh(config.num_devices)
   dataset = dataset or load_dataset(config)
   num_devices = mesh.shape[AXIS]
-  model = models.make(config.model, num_features=dataset.num_features, num_classes=dataset.num_classes,
-                      widths=tuple(config.widths), use_bias=config.use_bias)
+  model = models.from_config(config, dataset)
   float_dtype = np.float64 if config.x64 else np.float32
   init_key, state_key = jax.random.split(jax.random.key(config.seed))
   params = _to_dtype(jax.device_get(model.init(init_key)), float_dtype)
@@ -159,15 +157,28 @@ def build(config, dataset: data.Dataset | None = None, mesh=None) -> Experiment:
 
 
 def evaluate(exp: Experiment, params) -> dict:
-  """Test loss and accuracy, train loss and accuracy, on the full splits."""
+  """Test loss and accuracy, train loss and accuracy, plus the model's ``derived_metrics``
+  (the language model's bits per character).
+
+  The rows are sharded over the mesh (``P("data")``, padded rows masked), so each device
+  evaluates its own rows. Both splits are evaluated in full, except that a model with
+  ``eval_train_subset`` (the language model, whose training split is 9x its validation split)
+  gets train metrics on as many evenly spaced training rows as the test split has (one compile).
+  """
   results = {}
-  for split, x, y in (("train", exp.dataset.x_train, exp.dataset.y_train),
-                      ("test", exp.dataset.x_test, exp.dataset.y_test)):
-    xg = mesh_lib.put(x.astype(jax.tree.leaves(params)[0].dtype), exp.mesh, jax.P())
-    yg = mesh_lib.put(y, exp.mesh, jax.P())
-    loss, acc = _eval_fn(exp.model)(params, xg, yg)
+  dtype = jax.tree.leaves(params)[0].dtype
+  num_devices = exp.mesh.shape[AXIS]
+  x_train, y_train = exp.dataset.x_train, exp.dataset.y_train
+  if exp.model.eval_train_subset and len(y_train) > len(exp.dataset.y_test):
+    idx = np.linspace(0, len(y_train) - 1, len(exp.dataset.y_test)).round().astype(np.int64)
+    x_train, y_train = x_train[idx], y_train[idx]
+  for split, x, y in (("train", x_train, y_train), ("test", exp.dataset.x_test, exp.dataset.y_test)):
+    rows = jax.tree.map(lambda a: mesh_lib.put(a, exp.mesh, jax.P(AXIS)),
+                        data.shard_rows(x.astype(dtype), y, num_devices))
+    loss, acc = _eval_fn(exp.model)(params, rows)
     results[f"{split}_loss"] = float(mesh_lib.fetch(loss))
     results[f"{split}_accuracy"] = float(mesh_lib.fetch(acc))
+  results.update(exp.model.derived_metrics(results))
   return results
 
 
@@ -176,7 +187,7 @@ _EVAL_CACHE: dict = {}
 
 def _eval_fn(model):
   if model not in _EVAL_CACHE:
-    _EVAL_CACHE[model] = jax.jit(lambda p, x, y: (model.loss(p, x, y), model.accuracy(p, x, y)))
+    _EVAL_CACHE[model] = jax.jit(lambda p, r: (model.loss(p, r.x, r.y, r.mask), model.accuracy(p, r.x, r.y, r.mask)))
   return _EVAL_CACHE[model]
 
 
@@ -327,6 +338,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None, *, quiet:
   timers = _Timers()
   watchdog = _Watchdog(step_timeout_s)
   status, last_good, step = "ok", start, start
+  last_eval = (None, {})
   cum_bytes = sent.cumulative(start)
   try:
     for step in range(start + 1, config.num_steps + 1):
@@ -350,12 +362,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None, *, quiet:
       record = dict(metrics, bytes=sent.of(step), cum_bytes=cum_bytes)
       if config.eval_every and (step % config.eval_every == 0 or step == config.num_steps):
         t_eval = time.perf_counter()
-        record.update(evaluate(exp, params))
+        last_eval = (step, evaluate(exp, params))
+        record.update(last_eval[1])
         timers.eval_s += time.perf_counter() - t_eval
       writer.write(step, **record)
       history.append(dict(record, step=step))
       if step % config.log_every == 0 or step == config.num_steps or step == start + 1:
-        extra = "".join(f" {k}={record[k]:.4f}" for k in ("test_accuracy",) if k in record)
+        extra = "".join(f" {k}={record[k]:.4f}" for k in ("test_accuracy", "test_bpc") if k in record)
         say("step %d/%d loss=%.5f%s | %.1f steps/s, ETA %s | %s/step", step, config.num_steps,
             metrics["loss"], extra, chrono.rate(), human_time(chrono.eta_s(step)), human_bytes(sent.of(step)))
       if ckpt is not None and ((config.checkpoint_every and step % config.checkpoint_every == 0)
@@ -372,7 +385,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None, *, quiet:
       ckpt.close()
 
   t_eval = time.perf_counter()
-  final = evaluate(exp, params)
+  final = dict(last_eval[1]) if last_eval[0] == step else evaluate(exp, params)   # no second pass at the last step
   timers.eval_s += time.perf_counter() - t_eval
   ran = step - start
   final.update(step=step, steps_run=ran, compile_s=compile_s, steps_per_s=chrono.rate(),

@@ -24,14 +24,20 @@ def base_config(algorithm: str = "dense") -> ml_collections.ConfigDict:
   c.num_devices = 8            # size of the "data" mesh axis; simulated CPU devices if needed
   c.x64 = False                # float64 everywhere (set before JAX starts)
   # data
-  c.dataset = "digits"         # digits | breast_cancer | synthetic | sparse_logistic | svmlight:<path>
+  c.dataset = "digits"         # digits | breast_cancer | synthetic | sparse_logistic | text | svmlight:<path>
   c.test_fraction = 0.2
+  c.max_train_rows = 0         # > 0: only the first that many training rows (text: windows); 0 = all
+  c.seq_len = 64               # text only: tokens per window (the model sees seq_len, predicts the next)
   c.num_classes = 10           # synthetic only
   c.num_features = 64          # synthetic / sparse_logistic only
   c.num_rows = 4096            # synthetic / sparse_logistic only
   # model
-  c.model = "softmax"          # softmax | mlp | logistic
-  c.widths = (64,)             # mlp hidden widths
+  c.model = "softmax"          # softmax | mlp | logistic | cnn | transformer
+  c.widths = (64,)             # mlp hidden widths (cnn: the Dense head's hidden widths)
+  c.channels = (16, 32, 64)    # cnn: channels of its residual stages (stride 2 from the second)
+  c.d_model = 128              # transformer: width; MLP width 4 * d_model
+  c.num_heads = 4              # transformer: attention heads (d_model must divide by it)
+  c.num_layers = 5             # transformer: decoder blocks (1,065,600 params with the defaults)
   c.use_bias = True
   # optimisation
   c.algorithm = algorithm      # dense | sfb | sfb_sdca | sign1bit | vr_prox | dho
