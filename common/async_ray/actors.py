@@ -75,6 +75,9 @@ class Worker:
                                                                    axis_name=None))
     self.state, self.count = None, None
 
+  def ready(self):
+    return True
+
   def shard_gradient(self, x_tilde):
     """(mean gradient over this shard, n_k); the driver combines them with row weights n_k / n."""
     mu_k, n_k = self.shard_grad(x_tilde, self.data)
@@ -137,6 +140,9 @@ class Server:
       self.state = _refreshed_state(self.tx, x_tilde, mu, n)
       jax_block(self._apply(self.x, self.state, np.zeros_like(self.x), 1.0))   # compile outside the timing
     return self.version
+
+  def ready(self):
+    return True
 
   def read(self):
     return self.x.copy(), self.version

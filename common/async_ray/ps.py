@@ -80,7 +80,8 @@ def _get_server(ref, what):
 
 
 def run(spec: Spec, *, on_epoch: Callable[[dict], None] | None = None, log: Callable[[str], None] = print):
-  """Runs ``spec.epochs`` epochs; returns {"x", "records", "lost"}. Starts Ray if it is not running
+  """Runs ``spec.epochs`` epochs; returns {"x", "records", "lost", "p_star", "startup_s"} (wall_time
+  in the records counts from when all actors are up). Starts Ray if it is not running
   (and stops it again); ``on_epoch(record)`` after each epoch."""
   import ray
   started = start_ray(spec.num_workers + 1)
@@ -139,7 +140,13 @@ def _gather_live(workers, refs, lost, server, epoch, t_start, log, timeout_s):
 def _run(spec, on_epoch, log):
   import ray
   problem = problems_lib.load(spec.problem, l1=spec.l1, l2=spec.l2, lam=spec.lam)
+  t_actors = time.perf_counter()
   server, workers = _start_actors(spec, problem)
+  _get_server(server.ready.remote(), "startup")
+  _gather_live(workers, {w.ready.remote(): k for k, w in workers.items()}, [], server, 0, t_actors, log,
+               spec.epoch_timeout_s)
+  startup_s = time.perf_counter() - t_actors   # actor processes and their JAX imports; not in wall_time
+  log(f"server and {len(workers)} workers up in {startup_s:.1f} s")
   lost, records = [], []
   t_start = time.perf_counter()
   cum_bytes = 0
@@ -176,4 +183,5 @@ def _run(spec, on_epoch, log):
     }
     records.append(record)
     on_epoch(record)
-  return {"x": x.reshape(problem.shape), "records": records, "lost": lost, "p_star": problem.p_star}
+  return {"x": x.reshape(problem.shape), "records": records, "lost": lost, "p_star": problem.p_star,
+          "startup_s": startup_s}
