@@ -63,7 +63,8 @@ def test_transformer_is_causal():
   t = 4
   changed = x.copy()
   changed[:, t] = (changed[:, t] + 7) % 256
-  a, b = np.asarray(model.apply(params, x)), np.asarray(model.apply(params, changed))
+  apply = jax.jit(model.apply)
+  a, b = np.asarray(apply(params, x)), np.asarray(apply(params, changed))
   assert a.shape == (2, 8, text.VOCAB)
   np.testing.assert_array_equal(a[:, :t], b[:, :t])          # earlier positions do not see token t
   assert np.abs(a[:, t:] - b[:, t:]).max(axis=-1).min() > 1e-6   # every later position does
@@ -79,8 +80,8 @@ def test_lm_loss_is_the_mean_next_byte_cross_entropy():
   model = _tiny_lm()
   params = model.init(jax.random.key(2))
   x = np.asarray(np.random.default_rng(1).integers(0, 256, (3, 9)), np.float32)
-  want = _numpy_lm_loss(model.apply(params, x), x[:, 1:].astype(np.int64))
-  assert float(model.loss(params, x, np.zeros(3, np.int32))) == pytest.approx(want, rel=1e-5)
+  logits, loss = jax.jit(lambda p: (model.apply(p, x), model.loss(p, x, np.zeros(3, np.int32))))(params)
+  assert float(loss) == pytest.approx(_numpy_lm_loss(logits, x[:, 1:].astype(np.int64)), rel=1e-5)
 
 
 def test_cnn_row_losses_do_not_depend_on_the_rest_of_the_batch():
@@ -89,8 +90,9 @@ def test_cnn_row_losses_do_not_depend_on_the_rest_of_the_batch():
   params = model.init(jax.random.key(3))
   x = np.random.default_rng(2).uniform(size=(6, 64)).astype(np.float32)
   y = np.arange(6, dtype=np.int32)
-  whole = np.asarray(model.per_example_loss(params, x, y))
-  alone = np.asarray([model.per_example_loss(params, x[i:i + 1], y[i:i + 1])[0] for i in range(6)])
+  whole = np.asarray(jax.jit(model.per_example_loss)(params, x, y))
+  one_row = jax.vmap(lambda xi, yi: model.per_example_loss(params, xi[None], yi[None])[0])   # batches of 1
+  alone = np.asarray(jax.jit(one_row)(x, y))
   np.testing.assert_allclose(whole, alone, rtol=1e-5)
 
 
