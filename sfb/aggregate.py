@@ -6,8 +6,9 @@ broadcasts its minibatch factors (U_p, V_p) and every worker applies
     W ← W − η · (1/P) Σ_p U_pᵀ V_p                                                     (SFB eq. 4)
 
 which is exactly the data-parallel mean gradient. Here the broadcast is one
-``lax.all_gather(..., to="invarying")`` of U and one of V per factored matrix; the bias of a
-factored ``nn.Dense`` is ``(1/P) Σ_rows U`` of the gathered U (no extra collective); every
+``lax.all_gather(..., to="invarying")`` of [U, V] per factored matrix; layers whose V is the
+same array (the q/k/v projections of one input) share one gather of [U_q, U_k, U_v, V]. The
+bias of a factored layer is ``(1/P) Σ_rows U`` of the gathered U (no extra collective); every
 other leaf is ``pmean``-ed densely (Poseidon's hybrid), and so is the ``extra`` dense gradient of a
 factored parameter's uses outside its Dense call (an L2 term in the loss, tied weights).
 
@@ -19,10 +20,12 @@ the factors every micro-step and averages the k exact mean gradients.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 
@@ -36,12 +39,39 @@ def _varying(x, axis_name):
   return lax.pcast(x, axis_name, to="varying")
 
 
+def gather_group(group: list[SufficientFactors], axis_name: str | None) -> list[SufficientFactors]:
+  """All devices' factors of layers that share one ``v`` (the same array: e.g. the q/k/v
+  projections of one input), stacked along rows, replicated: ``v`` crosses the wire once.
+
+  One ``all_gather`` of ``[u_1 … u_k, v]`` concatenated along features (separate gathers if their
+  dtypes differ), so each device sends rows·(ΣJ + D) elements and XLA cannot merge two groups.
+  """
+  if axis_name is None:
+    return list(group)
+  gather = lambda x: lax.all_gather(x, axis_name, tiled=True, to="invarying")
+  parts = [_varying(x, axis_name) for x in [f.u for f in group] + [group[0].v]]
+  if len({x.dtype for x in parts}) == 1:
+    cuts = np.cumsum([x.shape[1] for x in parts])[:-1]
+    gathered = jnp.split(gather(jnp.concatenate(parts, axis=1)), cuts, axis=1)
+  else:
+    gathered = [gather(x) for x in parts]
+  return [dataclasses.replace(f, u=u, v=gathered[-1]) for f, u in zip(group, gathered)]
+
+
 def gather_factors(factors: SufficientFactors, axis_name: str | None) -> SufficientFactors:
   """All devices' factors, stacked along rows: (P·rows, J) and (P·rows, D), replicated."""
-  if axis_name is None:
-    return factors
-  gather = lambda x: lax.all_gather(_varying(x, axis_name), axis_name, tiled=True, to="invarying")
-  return SufficientFactors(gather(factors.u), gather(factors.v), factors.layout, factors.extra)
+  return gather_group([factors], axis_name)[0]
+
+
+def _gather_all(leaves: dict[int, SufficientFactors], axis_name) -> dict[int, SufficientFactors]:
+  """``gather_group`` over the leaves, grouped by their ``v`` object."""
+  groups: dict[int, list[int]] = {}
+  for i, leaf in leaves.items():
+    groups.setdefault(id(leaf.v), []).append(i)
+  out = {}
+  for members in groups.values():
+    out.update(zip(members, gather_group([leaves[i] for i in members], axis_name)))
+  return out
 
 
 def _mean_over_devices(x, axis_name):
@@ -58,9 +88,9 @@ def _plus_extra(mean_f32, extra, axis_name, dtype):
 def sfb_mean_gradient(grads: Any, axis_name: str | None, params: Any = None) -> Any:
   """Dense mean gradient over devices from a tree mixing SufficientFactors, FromFactors and arrays.
 
-  Returns a tree shaped like ``params`` (SufficientFactors -> reconstructed matrix,
-  FromFactors -> ``mean Σ_rows u`` of the sibling factored kernel, array -> ``pmean``; a factored
-  leaf's ``extra`` is ``pmean``-ed and added).
+  Returns a tree shaped like ``params`` (SufficientFactors -> reconstructed matrix, or the kernel
+  of a multi-axis layer; FromFactors -> ``mean Σ_rows u`` of the sibling factored kernel, in the
+  bias's shape; array -> ``pmean``; a factored leaf's ``extra`` is ``pmean``-ed and added).
   """
   flat, treedef = jax.tree_util.tree_flatten_with_path(grads, is_leaf=is_factor_leaf)
   if params is not None:
@@ -68,14 +98,16 @@ def sfb_mean_gradient(grads: Any, axis_name: str | None, params: Any = None) -> 
   num_devices = 1 if axis_name is None else lax.axis_size(axis_name)
   out: list[Any] = [None] * len(flat)
   bias_from: dict[tuple, jax.Array] = {}
+  factored = {i: leaf for i, (_, leaf) in enumerate(flat) if isinstance(leaf, SufficientFactors)}
+  for i, leaf in factored.items():
+    if params is not None:
+      leaf.check_matches(jnp.shape(param_leaves[i]), f" at {jax.tree_util.keystr(flat[i][0])}")
+    else:
+      leaf.validate()
+  gathered = _gather_all(factored, axis_name)
   for i, (path, leaf) in enumerate(flat):
     if isinstance(leaf, SufficientFactors):
-      where = f" at {jax.tree_util.keystr(path)}"
-      if params is not None:
-        leaf.check_matches(jnp.shape(param_leaves[i]), where)
-      else:
-        leaf.validate()
-      full = gather_factors(leaf, axis_name)
+      full = gathered[i]
       dtype = param_leaves[i].dtype if params is not None else jnp.result_type(leaf.u, jnp.float32)
       out[i] = _plus_extra(reconstruct(full, jnp.float32) / num_devices, leaf.extra, axis_name, dtype)
       bias_from[path[:-1]] = (jnp.sum(full.u.astype(jnp.float32), axis=0) / num_devices, dtype)
@@ -86,6 +118,8 @@ def sfb_mean_gradient(grads: Any, axis_name: str | None, params: Any = None) -> 
                          "SufficientFactors (a factored kernel in the same module)")
       mean, dtype = bias_from[path[:-1]]
       dtype = param_leaves[i].dtype if params is not None else dtype
+      if leaf.bias_shape is not None:
+        mean = mean.reshape(leaf.bias_shape)
       out[i] = _plus_extra(mean, leaf.extra, axis_name, dtype)
     elif not isinstance(leaf, SufficientFactors):
       out[i] = _mean_over_devices(leaf, axis_name)

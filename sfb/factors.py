@@ -11,9 +11,11 @@ The pair (U, V) replaces the J·D gradient on the wire; it is exact, not an appr
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 LAYOUTS = ("flax", "paper")
 
@@ -63,6 +65,10 @@ class SufficientFactors(_FactoredGradient):
     extra: ``None``, or this device's dense gradient of the parameter's uses outside the factored
       call (an L2 term written in the loss, tied weights); ``scale_by_sfb`` ``pmean``-s it next to
       the gathered factors.
+    kernel_shape, kernel_axes: for a multi-axis kernel (``nn.DenseGeneral``, ``nn.Einsum``; flax
+      layout only), the kernel's shape and the kernel axes that the (D, J) matrix's rows and
+      columns flatten, in order (``sfb.contraction.Contraction.kernel_axes``): the gradient is the
+      matrix reshaped to those axes' sizes and transposed back. ``None``: the kernel is the matrix.
 
   It is a leaf, not a pytree node: create and consume it inside one traced step (its arrays cannot
   be a ``jit`` output or a ``scan`` carry), and give it only to ``scale_by_sfb`` first.
@@ -71,10 +77,16 @@ class SufficientFactors(_FactoredGradient):
   v: jax.Array
   layout: str = "flax"
   extra: jax.Array | None = None
+  kernel_shape: tuple[int, ...] | None = None
+  kernel_axes: tuple[int, ...] | None = None
 
   def __post_init__(self):
     if self.layout not in LAYOUTS:
       raise ValueError(f"SufficientFactors.layout must be one of {LAYOUTS}, got {self.layout!r}")
+    if (self.kernel_shape is None) != (self.kernel_axes is None) or (
+        self.kernel_shape is not None and self.layout != "flax"):
+      raise ValueError("SufficientFactors: give kernel_shape and kernel_axes together, and only with "
+                       "layout='flax'")
 
   def validate(self) -> "SufficientFactors":
     """Checks u (rows, J) and v (rows, D) agree on rows and ``extra`` has the matrix's shape."""
@@ -82,9 +94,13 @@ class SufficientFactors(_FactoredGradient):
     if len(us) != 2 or len(vs) != 2 or us[0] != vs[0]:
       raise ValueError(f"SufficientFactors needs u (rows, J) and v (rows, D) with the same rows; "
                        f"got u {us} and v {vs}")
-    if self.extra is not None and tuple(jnp.shape(self.extra)) != self.matrix_shape():
+    shape, axes = self.kernel_shape, self.kernel_axes
+    if shape is not None and (sorted(axes) != list(range(len(shape))) or math.prod(shape) != vs[1] * us[1]):
+      raise ValueError(f"SufficientFactors: kernel_axes {axes} of kernel_shape {shape} do not "
+                       f"flatten to the {vs[1]}×{us[1]} matrix of u {us} and v {vs}")
+    if self.extra is not None and tuple(jnp.shape(self.extra)) != self.param_shape():
       raise ValueError(f"SufficientFactors.extra has shape {jnp.shape(self.extra)}, the factors give "
-                       f"a {self.matrix_shape()} gradient")
+                       f"a {self.param_shape()} gradient")
     return self
 
   @property
@@ -96,11 +112,15 @@ class SufficientFactors(_FactoredGradient):
     j, d = self.u.shape[1], self.v.shape[1]
     return (d, j) if self.layout == "flax" else (j, d)
 
+  def param_shape(self) -> tuple[int, ...]:
+    """Shape of the parameter (the kernel's own shape for a multi-axis kernel)."""
+    return self.matrix_shape() if self.kernel_shape is None else tuple(self.kernel_shape)
+
   def check_matches(self, param_shape, where: str = "") -> None:
     self.validate()
-    if tuple(param_shape) != self.matrix_shape():
+    if tuple(param_shape) != self.param_shape():
       raise ValueError(f"SufficientFactors{where}: u {self.u.shape} and v {self.v.shape} "
-                       f"({self.layout} layout) give a {self.matrix_shape()} gradient, but the "
+                       f"({self.layout} layout) give a {self.param_shape()} gradient, but the "
                        f"parameter has shape {tuple(param_shape)}")
 
 
@@ -110,9 +130,12 @@ class FromFactors(_FactoredGradient):
 
   ``scale_by_sfb`` fills it from the gathered U, so the bias costs no collective at all, unless
   ``extra`` (this device's dense gradient of the bias's other uses, e.g. an L2 term) is set: that
-  is ``pmean``-ed. A leaf like ``SufficientFactors``.
+  is ``pmean``-ed. ``bias_shape``: the bias's shape (Σ_rows u is reshaped to it: features (H, Dh)
+  of an ``nn.DenseGeneral``, an ``nn.Einsum`` bias); ``None`` keeps (J,). A leaf like
+  ``SufficientFactors``.
   """
   extra: jax.Array | None = None
+  bias_shape: tuple[int, ...] | None = None
 
 
 def varying_axes(x) -> frozenset:
@@ -129,8 +152,13 @@ def is_factor_leaf(x) -> bool:
 
 
 def reconstruct(factors: SufficientFactors, dtype=jnp.float32) -> jax.Array:
-  """``Σ_rows u vᵀ`` in the parameter's layout, accumulated in ``dtype`` (f32 for bf16 factors)."""
+  """``Σ_rows u vᵀ`` in the parameter's layout and shape, accumulated in ``dtype`` (f32 for bf16
+  factors); a multi-axis kernel's matrix is reshaped and transposed back to the kernel."""
   u, v = factors.u, factors.v
-  if factors.layout == "flax":
-    return jnp.einsum("rd,rj->dj", v, u, preferred_element_type=dtype)
-  return jnp.einsum("rj,rd->jd", u, v, preferred_element_type=dtype)
+  if factors.layout == "paper":
+    return jnp.einsum("rj,rd->jd", u, v, preferred_element_type=dtype)
+  matrix = jnp.einsum("rd,rj->dj", v, u, preferred_element_type=dtype)
+  if factors.kernel_shape is None:
+    return matrix
+  grouped = matrix.reshape([factors.kernel_shape[a] for a in factors.kernel_axes])
+  return jnp.transpose(grouped, np.argsort(factors.kernel_axes))

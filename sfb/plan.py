@@ -16,7 +16,15 @@ extra flops to save bytes. F (flop/s per device) and BW (link bytes/s) come from
 s is the bytes per float. With a fast accelerator F is so large that it equals the "wire" rule; on
 slow devices it picks dense earlier.
 
-The bias (+J) of an SFB layer is rebuilt from the gathered U and costs nothing.
+The bias (+J) of an SFB layer is rebuilt from the gathered U and costs nothing. SFB layers called
+once on the very same input array (the q/k/v projections of self-attention) send that v once: the
+later ones cost rows·J (the rules decide each layer as if alone; the bytes count v once).
+
+Layers: ``nn.Dense``, and ``nn.DenseGeneral`` / ``nn.Einsum`` read as ``y[rows, J] = x[rows, D] @
+K[D, J]`` (``sfb.contraction``; e.g. an attention q/k/v projection with kernel (D, H, Dh) is D × H·Dh,
+its output projection (H, Dh, D) is H·Dh × D). ``rows`` counts every position of the call's
+non-contracted input axes: b·T for a (b, T, D) sequence batch, so the rules see the true row count.
+A DenseGeneral / Einsum form that is not one such contraction is planned dense and named.
 
 Extra uses: if the loss also uses a layer's kernel (or bias) outside its Dense call (an L2 term
 written in the loss, tied weights), that use's gradient is all-reduced densely next to the factors
@@ -32,7 +40,7 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from sfb.capture import extra_uses, module_calls
+from sfb.capture import extra_uses, layer_contraction, module_calls, shared_inputs
 
 RULES = ("payload", "wire", "time", "always", "never")
 
@@ -61,7 +69,7 @@ class CostModel:
 
 @dataclasses.dataclass(frozen=True)
 class LayerPlan:
-  """One Dense layer: its shape, rows per device and the choice."""
+  """One matrix layer (Dense, DenseGeneral, Einsum): its D × J shape, rows per device, the choice."""
   path: tuple[str, ...]
   in_features: int       # D
   out_features: int      # J
@@ -74,6 +82,8 @@ class LayerPlan:
   factor_itemsize: int = 4     # bytes per factor element: the layer's output dtype
   param_itemsize: int = 4      # bytes per dense gradient element: the kernel's dtype
   lifted: str = ""             # path of the enclosing flax lifted transformation: never factored
+  kernel_shape: tuple[int, ...] = ()   # the kernel's own shape (D×J for nn.Dense); () if unknown
+  shares_input: str = ""       # an earlier SFB layer with the very same input: v is gathered once
 
   @property
   def name(self) -> str:
@@ -85,9 +95,14 @@ class LayerPlan:
     return self.out_features * (self.in_features * self.extra_kernel + (self.use_bias and self.extra_bias))
 
   @property
+  def factor_width(self) -> int:
+    """Factor floats per row: J + D, or J when v is another layer's (``shares_input``)."""
+    return self.out_features + (0 if self.shares_input else self.in_features)
+
+  @property
   def sfb_floats(self) -> int:
-    """Factors every device materialises per step: P·rows·(J + D)."""
-    return self.num_devices * self.rows * (self.out_features + self.in_features)
+    """Factors every device materialises per step: P·rows·(J + D) (P·rows·J if v is shared)."""
+    return self.num_devices * self.rows * self.factor_width
 
   @property
   def dense_floats(self) -> int:
@@ -98,15 +113,14 @@ class LayerPlan:
   def sent_floats(self) -> int:
     """Floats this device contributes to its collectives (what ``common.comm`` calls payload)."""
     if self.use_sfb:
-      return self.rows * (self.out_features + self.in_features) + self.extra_floats
+      return self.rows * self.factor_width + self.extra_floats
     return self.dense_floats
 
   @property
   def sent_bytes(self) -> int:
     """``sent_floats`` in bytes: factors in the layer's dtype, dense terms in the parameter's."""
     if self.use_sfb:
-      return (self.rows * (self.out_features + self.in_features) * self.factor_itemsize
-              + self.extra_floats * self.param_itemsize)
+      return self.rows * self.factor_width * self.factor_itemsize + self.extra_floats * self.param_itemsize
     return self.dense_floats * self.param_itemsize
 
   @property
@@ -122,17 +136,19 @@ class LayerPlan:
       return f"dense (in {self.lifted})"
     if not self.use_sfb:
       return "dense"
-    return f"SFB + dense {self.extra_floats:,}" if self.extra_floats else "SFB"
+    choice = f"SFB + dense {self.extra_floats:,}" if self.extra_floats else "SFB"
+    return f"{choice} (v of {self.shares_input})" if self.shares_input else choice
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-  """The static SFB/dense decision for every Dense layer of a model."""
+  """The static SFB/dense decision for every matrix layer of a model."""
   layers: tuple[LayerPlan, ...]
-  other_floats: int        # params outside Dense layers: always all-reduced densely
+  other_floats: int        # params outside the planned layers: always all-reduced densely
   num_devices: int
   rule: str
   other_bytes: int = 0     # other_floats in bytes (each parameter's own dtype)
+  refused: tuple[tuple[str, str], ...] = ()   # (layer, reason): matrix layers that are not x_flat @ K
 
   @property
   def sfb_layers(self) -> tuple[tuple[str, ...], ...]:
@@ -140,13 +156,16 @@ class Plan:
 
   def table(self) -> str:
     w = max([14] + [len(l.name) + 2 for l in self.layers])
-    head = f"{'layer':<{w}}{'shape (D×J)':>14}{'rows':>7}{'SFB floats':>13}{'dense floats':>14}  choice"
+    head = (f"{'layer':<{w}}{'kernel':>12}{'shape (D×J)':>14}{'rows':>7}{'SFB floats':>13}{'dense floats':>14}"
+            "  choice")
     lines = [f"SFB plan: P={self.num_devices}, rule={self.rule}", head, "-" * len(head)]
     for l in self.layers:
-      lines.append(f"{l.name:<{w}}{f'{l.in_features}×{l.out_features}':>14}{l.rows:>7}"
+      kernel = "×".join(map(str, l.kernel_shape))
+      lines.append(f"{l.name:<{w}}{kernel:>12}{f'{l.in_features}×{l.out_features}':>14}{l.rows:>7}"
                    f"{l.sfb_floats:>13,}{l.dense_floats:>14,}  {l.choice}")
     if self.other_floats:
-      lines.append(f"{'other params':<{w}}{'':>14}{'':>7}{'':>13}{self.other_floats:>14,}  dense")
+      lines.append(f"{'other params':<{w}}{'':>12}{'':>14}{'':>7}{'':>13}{self.other_floats:>14,}  dense")
+    lines += [f"{name}: dense (in other params), {reason}" for name, reason in self.refused]
     lines.append(f"payload per device per step: {payload_bytes(self):,} B sent "
                  f"({gathered_bytes(self):,} B materialised; all-dense {dense_bytes(self):,} B)")
     return "\n".join(lines)
@@ -180,7 +199,8 @@ def choose_sfb(in_features: int, out_features: int, rows: int, num_devices: int,
 
 def plan(loss_fn: Callable, params, *global_args, num_devices: int, rule: str = "payload",
          layers: Sequence[Sequence[str]] | None = None, cost: CostModel | None = None) -> Plan:
-  """Decides SFB vs dense for every ``nn.Dense`` that ``loss_fn(params, *args)`` calls.
+  """Decides SFB vs dense for every ``nn.Dense`` / ``nn.DenseGeneral`` / ``nn.Einsum`` that
+  ``loss_fn(params, *args)`` calls.
 
   Args:
     loss_fn: ``(params, *args) -> scalar`` (a flax model's loss).
@@ -190,13 +210,14 @@ def plan(loss_fn: Callable, params, *global_args, num_devices: int, rule: str = 
     num_devices: P, the size of the data axis.
     rule: ``payload`` | ``wire`` | ``time`` | ``always`` | ``never`` (see the module docstring).
     layers: instead of ``rule``, the exact module paths to factor (e.g. ``[("Dense_0",)]``); every
-      one must be an ``nn.Dense`` the loss calls.
+      one must be a matrix layer the loss calls, and one ``x_flat @ K`` contraction.
     cost: the ``CostModel`` of rule ``time``.
 
   Raises:
     ValueError: unknown rule, rows not divisible by ``num_devices``, or a selected layer that is
-      not an ``nn.Dense`` or is called inside a flax lifted transformation (``nn.remat``,
-      ``nn.scan``, ...; the rules leave those dense).
+      not a matrix layer, not one contraction (``batch_dims``, a batched einsum, a custom
+      ``dot_general``) or called inside a flax lifted transformation (``nn.remat``, ``nn.scan``,
+      ...); the rules leave all of those dense.
   """
   if rule not in RULES:
     raise ValueError(f"sfb rule must be one of {RULES}, got {rule!r}")
@@ -222,32 +243,48 @@ def plan(loss_fn: Callable, params, *global_args, num_devices: int, rule: str = 
     wanted = [tuple(p) for p in layers]
     for path in wanted:
       if path not in by_path:
-        raise ValueError(f"sfb.plan: layer {'/'.join(path)!r} is not called by the loss; Dense layers: "
-                         f"{['/'.join(p) for p, cs in by_path.items() if cs[0].is_dense]}")
-      if not by_path[path][0].is_dense:
-        raise ValueError(f"sfb.plan: layer {'/'.join(path)!r} is a {by_path[path][0].module_type}, not "
-                         "an nn.Dense; only Dense kernels have sufficient factors")
-      by_path[path][0].refuse_if_lifted()
-  dense_layers = {p: cs for p, cs in by_path.items() if cs[0].is_dense}
-  used = extra_uses(loss_fn, params, *local_args, layers=[p for p, cs in dense_layers.items() if not cs[0].lifted])
+        raise ValueError(f"sfb.plan: layer {'/'.join(path)!r} is not called by the loss; matrix layers: "
+                         f"{['/'.join(p) for p, cs in by_path.items() if cs[0].is_matrix]}")
+      for c in by_path[path]:
+        c.check_factorable()
+      layer_contraction(by_path[path])
+  matrix = {p: cs for p, cs in by_path.items() if cs[0].is_matrix}
+  refused = {p: r for p, r in ((p, _refusal(cs)) for p, cs in matrix.items()) if r}
+  planned = {p: cs for p, cs in matrix.items() if p not in refused}
+  used = extra_uses(loss_fn, params, *local_args, layers=[p for p, cs in planned.items() if not cs[0].lifted])
   out = [_layer_plan(path, cs, params, used, num_devices, rule, cost,
                      wanted=None if layers is None else path in wanted)
-         for path, cs in dense_layers.items()]
+         for path, cs in planned.items()]
+  shared = shared_inputs(calls, {l.path for l in out if l.use_sfb})
+  out = [dataclasses.replace(l, shares_input="/".join(shared.get(l.path, ()))) for l in out]
   dense_param_floats = sum(l.dense_floats for l in out)
   dense_param_bytes = sum(l.dense_floats * l.param_itemsize for l in out)
   leaves = jax.tree.leaves(params)
   total = sum(int(np.prod(np.shape(x))) for x in leaves)
   total_bytes = sum(int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize for x in leaves)
   return Plan(tuple(out), total - dense_param_floats, num_devices,
-              "explicit" if layers is not None else rule, total_bytes - dense_param_bytes)
+              "explicit" if layers is not None else rule, total_bytes - dense_param_bytes,
+              tuple(("/".join(p), r) for p, r in refused.items()))
+
+
+def _refusal(calls) -> str:
+  """Why a matrix layer's calls cannot be factored ("" if they can), without raising."""
+  for c in calls:
+    if isinstance(c.form, str):
+      return c.form
+  try:
+    layer_contraction(calls)
+  except ValueError as e:
+    return str(e)
+  return ""
 
 
 def _layer_plan(path, calls, params, used, num_devices, rule, cost, wanted) -> LayerPlan:
-  """One Dense layer's LayerPlan: shape and rows from its calls, the choice from the rule (or
-  ``wanted`` for explicit layers); a layer inside a lifted transformation stays dense."""
+  """One matrix layer's LayerPlan: D × J and rows from its calls' contraction, the choice from the
+  rule (or ``wanted`` for explicit layers); a layer inside a lifted transformation stays dense."""
   c = calls[0]
-  d, j = c.in_shape[-1], c.out_shape[-1]
-  rows = sum(int(np.prod(call.in_shape[:-1])) for call in calls)
+  d, j = c.form.in_features, c.form.out_features
+  rows = sum(call.form.rows for call in calls)
   try:
     kernel = params["params"]
     for key in path + ("kernel",):
@@ -266,7 +303,8 @@ def _layer_plan(path, calls, params, used, num_devices, rule, cost, wanted) -> L
   else:
     use = choose_sfb(d, j, rows, num_devices, rule, c.use_bias, cost, extra, sizes["factor_itemsize"],
                      sizes["param_itemsize"])
-  return LayerPlan(path, d, j, rows, c.use_bias, use, num_devices, **sizes, lifted="/".join(c.lifted))
+  return LayerPlan(path, d, j, rows, c.use_bias, use, num_devices, **sizes, lifted="/".join(c.lifted),
+                   kernel_shape=c.form.kernel_shape)
 
 
 def payload_bytes(p: Plan) -> int:
@@ -297,7 +335,7 @@ def wire_bytes(p: Plan) -> float:
 
   def layer(l):
     if l.use_sfb:
-      return ((n - 1) * l.rows * (l.in_features + l.out_features) * l.factor_itemsize
+      return ((n - 1) * l.rows * l.factor_width * l.factor_itemsize
               + ring_ar * l.extra_floats * l.param_itemsize)
     return ring_ar * l.dense_floats * l.param_itemsize
 
