@@ -41,9 +41,12 @@ class Case:
     per worker, and the transformation then exchanges the clipped gradients."""
     return optax.clip_by_global_norm(CLIP) if self.clip == "before" else None
 
-  def wrap(self, make: Callable, local_before: bool = True) -> optax.GradientTransformation:
+  def wrap(self, make: Callable, local_before: bool = True, multi_steps: Callable | None = None
+           ) -> optax.GradientTransformation:
     """The user's optimizer around ``make``. ``local_before=False`` leaves out ``before()``: the
-    single-device references apply it to each worker's gradient themselves (``references``)."""
+    single-device references apply it to each worker's gradient themselves (``references``).
+    ``multi_steps(tx, k)``: the package's gradient accumulation over local gradients
+    (``dho.multi_steps`` / ``sign1bit.multi_steps``); default ``optax.MultiSteps``."""
     def factory(learning_rate):   # inject_hyperparams schedules the factory's named arguments
       return make(learning_rate)
     tx = optax.inject_hyperparams(factory)(learning_rate=LR) if self.inject else make(LR)
@@ -51,7 +54,9 @@ class Case:
       tx = optax.chain(self.before(), tx)
     elif self.clip == "after":
       tx = optax.chain(tx, optax.clip_by_global_norm(CLIP))
-    if self.accumulate:
+    if self.accumulate and multi_steps is not None:
+      tx = multi_steps(tx, self.accumulate)
+    elif self.accumulate:
       tx = optax.MultiSteps(tx, every_k_schedule=self.accumulate).gradient_transformation()
     return tx
 

@@ -126,7 +126,7 @@ def _fosi_like(dho2: bool):
                                  num_shards=mesh.size, **FOSI_HP)
     else:
       make = lambda lr: dho.fosi(case.base_optimizer(lr), batch_loss, axis_name=AXIS, **FOSI_HP)  # noqa: E731
-    tx = case.wrap(make)
+    tx = case.wrap(make, multi_steps=lambda t, k: dho.multi_steps(t, k, num_workers=mesh.size))
 
     def body(p, s, x, y):
       g = jax.grad(loss)(spmd.varying(p), x, y)
@@ -149,6 +149,10 @@ def _weights(valid: int, rows: int, scale: float):
   return w
 
 
+def _sign1bit_multi_steps(mesh):
+  return lambda tx, k: sign1bit.multi_steps(tx, k, num_workers=mesh.size)
+
+
 def run_one_bit_gc(case: Case, mesh, progress) -> Outcome:
   """1-bit GC-DL (Li, Skoglund, arXiv:2403.14716) on frc(W, d=2) partitions, p = 0.25, B = linf;
   reference: ``sign1bit.reference_decode`` of the local gradients computed on one device."""
@@ -166,7 +170,8 @@ def run_one_bit_gc(case: Case, mesh, progress) -> Outcome:
   def local_loss(p, px, py, pw):   # Σ over this worker's partitions of its weighted partition loss
     return sum(loss(p, px[j], py[j], pw[j]) for j in range(px.shape[0]))
 
-  tx = case.wrap(lambda lr: sign1bit.one_bit_gc(lr, alloc, STRAGGLER_PROB, "linf", axis_name=AXIS, seed=SEED))
+  tx = case.wrap(lambda lr: sign1bit.one_bit_gc(lr, alloc, STRAGGLER_PROB, "linf", axis_name=AXIS, seed=SEED),
+                 multi_steps=_sign1bit_multi_steps(mesh))
 
   def body(p, s, px, py, pw):
     g = jax.grad(local_loss)(spmd.varying(p), px[0], py[0], pw[0])
@@ -202,7 +207,8 @@ def run_ef_signsgd(case: Case, mesh, progress) -> Outcome:
   for x, y in models.batches(case.steps, rows=8 * w_count):
     steps.append((x, y, np.concatenate([_weights(s, 8, 8 * w_count / n) for s in sizes])))
 
-  tx = case.wrap(lambda lr: sign1bit.ef_signsgd(lr, STRAGGLER_PROB, axis_name=AXIS, seed=SEED))
+  tx = case.wrap(lambda lr: sign1bit.ef_signsgd(lr, STRAGGLER_PROB, axis_name=AXIS, num_workers=w_count, seed=SEED),
+                 multi_steps=_sign1bit_multi_steps(mesh))
 
   def body(p, s, x, y, w):
     g = jax.grad(loss)(spmd.varying(p), x, y, w)

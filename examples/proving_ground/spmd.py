@@ -3,8 +3,9 @@
 your own shard_map step").
 
 Per-device state leaves (DHO2 coordinate slices, sign1bit's per-worker counters and error, and the
-local gradients ``optax.MultiSteps`` accumulates) are stored with a leading axis of size P under
-``P("data")``; the step drops that axis on entry and re-adds it on exit.
+local gradients ``dho.multi_steps`` / ``sign1bit.multi_steps`` accumulate) come from ``init`` with a
+leading axis of size P and are placed under ``P("data")``; inside the step each device sees its own
+row (leading axis 1), which ``update`` takes and returns (issue 12).
 """
 from __future__ import annotations
 
@@ -12,10 +13,8 @@ from typing import Callable
 
 import dho
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
-import sign1bit
 from jax import lax
 
 AXIS = "data"
@@ -56,61 +55,19 @@ def fetch(x) -> np.ndarray:
   return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x)
 
 
-def _false(tree):
-  return jax.tree.map(lambda _: False, tree)
+def per_device_marks(state):
+  """bool tree over ``state``: True on the leaves that differ per device.
 
-
-def per_device_marks(state, local_grads: bool = True):
-  """bool tree over ``state``: True on leaves that differ per device.
-
-  Finds the packages' states anywhere in a chain / ``inject_hyperparams`` / ``MultiSteps`` state
-  (``dho.sharded_leaves`` and ``sign1bit.worker_leaves`` take only the package's own state):
-  ``dho.sharded_leaves`` on each ``Dho2State``, ``sign1bit.worker_leaves`` on each sign1bit state,
-  and ``MultiStepsState.acc_grads`` when the accumulated gradients are local ones.
+  The packages' own finder (issue 12: ``init`` returns the global layout, per-worker leaves with a
+  leading axis of size P; the finder is the same module in ``dho`` and ``sign1bit``), which finds
+  their states anywhere in a chain / ``inject_hyperparams`` / ``multi_steps`` state and refuses a
+  plain ``optax.MultiSteps`` (its accumulated local gradients differ per device).
   """
-  def mark(node):
-    if isinstance(node, dho.Dho2State):
-      return dho.sharded_leaves(node)
-    if isinstance(node, (sign1bit.OneBitGCState, sign1bit.EFSignSGDState)):
-      return sign1bit.worker_leaves(node)
-    if isinstance(node, optax.MultiStepsState):
-      inner = per_device_marks(node.inner_opt_state, local_grads)
-      acc = jax.tree.map(lambda _: local_grads, node.acc_grads)
-      return node._replace(mini_step=False, gradient_step=False, inner_opt_state=inner, acc_grads=acc,
-                           skip_state=_false(node.skip_state))
-    return None
-
-  def walk(node):
-    found = mark(node)
-    if found is not None:
-      return found
-    if hasattr(node, "_fields"):
-      return type(node)(*(walk(getattr(node, f)) for f in node._fields))
-    if isinstance(node, (tuple, list)):
-      return type(node)(walk(n) for n in node)
-    if isinstance(node, dict):
-      return {k: walk(v) for k, v in node.items()}
-    return _false(node)
-
-  return walk(state)
+  return dho.axis.per_worker(state)
 
 
 def specs_of(marks):
   return jax.tree.map(lambda m: jax.P(AXIS) if m else jax.P(), marks)
-
-
-def stack(state, marks, num_devices: int):
-  """Host-side: per-device leaves broadcast to a leading axis of size P."""
-  return jax.tree.map(lambda a, m: np.broadcast_to(np.asarray(a), (num_devices,) + np.shape(a)) if m
-                      else np.asarray(a), state, marks)
-
-
-def own(state, marks):
-  return jax.tree.map(lambda a, m: a[0] if m else a, state, marks)
-
-
-def restack(state, marks):
-  return jax.tree.map(lambda a, m: a[None] if m else a, state, marks)
 
 
 def varying(tree):
@@ -120,14 +77,15 @@ def varying(tree):
 def sharded_step(mesh, body: Callable, marks, data_specs: tuple, donate: bool = False):
   """``jit(shard_map(step))`` with ``step(params, state, *data) -> (params, state)``.
 
-  ``body(params, state, *local_data) -> (updates, state)`` sees this device's state (per-device
-  leaves without their leading axis) and its shard of the data.
+  ``body(params, state, *local_data) -> (updates, state)`` sees this device's view of the state
+  (per-device leaves with a leading axis of 1, which ``update`` takes and returns) and its shard
+  of the data.
   """
   specs = specs_of(marks)
 
   def step(params, state, *data):
-    updates, state = body(params, own(state, marks), *data)
-    return optax.apply_updates(params, updates), restack(state, marks)
+    updates, state = body(params, state, *data)
+    return optax.apply_updates(params, updates), state
 
   sm = jax.shard_map(step, mesh=mesh, in_specs=(jax.P(), specs) + tuple(data_specs),
                      out_specs=(jax.P(), specs))
@@ -135,8 +93,8 @@ def sharded_step(mesh, body: Callable, marks, data_specs: tuple, donate: bool = 
 
 
 def place_state(state, marks, mesh):
-  host = stack(state, marks, mesh.shape[AXIS])
-  return jax.tree.map(lambda a, s: put(a, mesh, s), host, specs_of(marks))
+  """The global-layout state ``init`` returned, placed: per-device leaves ``P(AXIS)``."""
+  return jax.tree.map(lambda a, s: put(a, mesh, s), state, specs_of(marks))
 
 
 def run_steps(step, params, state, data_per_step, check_donation: bool = False, progress=None):
