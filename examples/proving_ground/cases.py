@@ -13,7 +13,7 @@ import optax
 
 LR = 0.1
 CLIP = 0.01          # small enough to clip every gradient and every update of these problems
-ACCUMULATE = 2       # optax.MultiSteps(every_k_schedule=2)
+ACCUMULATE = 2       # MultiSteps(every_k_schedule=2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +25,7 @@ class Case:
   dtype: jnp.dtype = jnp.float32
   clip: str | None = None            # "before" | "after": clip_by_global_norm(CLIP) in the chain
   inject: bool = False               # optax.inject_hyperparams(make)(learning_rate=LR)
-  accumulate: int = 0                # optax.MultiSteps(tx, accumulate)
+  accumulate: int = 0                # MultiSteps(tx, accumulate) (Case.wrap)
   uneven: bool = False               # shards / partitions of different sizes
   donate: bool = False               # jax.jit(..., donate_argnums=(0, 1))
   base: str = "sgd"                  # FOSI/DHO2 base: "sgd" | "schedule_free" | "clipped_sgd"
@@ -79,7 +79,8 @@ CASES = (
     Case("clip_before", "chain(clip_by_global_norm, tx)", clip="before"),
     Case("clip_after", "chain(tx, clip_by_global_norm)", clip="after"),
     Case("inject", "optax.inject_hyperparams(learning_rate)", inject=True),
-    Case("multisteps", "optax.MultiSteps(every_k_schedule=2)", accumulate=ACCUMULATE),
+    Case("multisteps", "MultiSteps(every_k_schedule=2): dho/sign1bit.multi_steps, else optax's",
+         accumulate=ACCUMULATE),
     Case("uneven", "shards / partitions of different sizes (padded, masked)", uneven=True),
     Case("donate", "jax.jit(step, donate_argnums=(0, 1))", donate=True),
     Case("base_params", "FOSI/DHO2 base whose state copies the params (schedule_free_sgd)",
