@@ -16,9 +16,15 @@ import pytest
 
 from common.async_ray import actors, ps, problems as problems_lib, runtime
 
-jax.config.update("jax_enable_x64", True)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 L1, L2 = 3e-3, 1e-2
+
+
+@pytest.fixture(autouse=True)
+def _x64():
+  """float64 for these tests only (a session-wide flag would change every later test's programs)."""
+  with jax.enable_x64(True):
+    yield
 
 
 @pytest.fixture(scope="module")

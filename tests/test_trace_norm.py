@@ -13,7 +13,13 @@ from scipy.optimize import minimize
 
 from vr_prox._trace_norm import prox_trace_norm
 
-jax.config.update("jax_enable_x64", True)
+
+
+@pytest.fixture(autouse=True)
+def _x64():
+  """float64 for these tests only (a session-wide flag would change every later test's programs)."""
+  with jax.enable_x64(True):
+    yield
 
 
 def _objective(w_flat, z, t):
