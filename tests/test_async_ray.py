@@ -132,6 +132,7 @@ def _check_delays(rows, config_tau):
   assert any(row["delay_max"] > 0 for row in rows)   # asynchrony really happened
 
 
+@pytest.mark.slow  # starts a local Ray node: ~25 s before the first update, ~1-3 min on 2 cores
 def test_ray_dap_svrg_reaches_sklearn_optimum(tmp_path):
   """K = 2 workers, tau = 4, theta = 1, gamma = 1, m = n: relative gap <= 1e-9 after 8 epochs."""
   result, rows = _ray_run(tmp_path, num_steps=8)

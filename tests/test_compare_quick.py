@@ -8,12 +8,14 @@ loss scalar, PowerSGD sends less than dense, and the table and plots are written
 import os
 
 import numpy as np
+import pytest
 
 from benchmarks import compare
 
 METHODS = "dense_adam,powersgd"
 
 
+@pytest.mark.slow  # ~3 min on 2 cores: every method compiles its own program
 def test_quick_comparison_writes_table_and_plots(tmp_path):
   runs = {r.method: r for r in compare.main(["--quick", "--methods", METHODS, "--out", str(tmp_path)])}
   assert set(runs) == set(METHODS.split(","))

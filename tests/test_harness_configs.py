@@ -24,12 +24,24 @@ ARGS = [("baseline_digits", "mlp"), ("dho_mlp_digits", "adam"), ("dho_mlp_digits
 STEPS = 3
 
 
+def _runtime(name):
+  return cli.load_config(os.path.join(ROOT, "configs", f"{name}.py")).get("runtime", "spmd")
+
+
+# Ray configs start a local Ray node (~25 s before the first step): slow tier.
+CONFIG_PARAMS = [pytest.param(n, marks=pytest.mark.slow) if _runtime(n) == "ray" else n for n in CONFIGS]
+
+
 def _run_shortened(tmp_path, name, arg=None):
   config = cli.load_config(os.path.join(ROOT, "configs", f"{name}.py") + (f":{arg}" if arg else ""))
   assert "!!" not in cli.format_config(config)
   config.num_steps = STEPS
   workdir = str(tmp_path / name)
-  result = train.run(config, workdir, quiet=True)
+  if config.get("runtime") == "ray":
+    from common.async_ray import runtime as ray_runtime
+    result = ray_runtime.run(config, workdir, quiet=True)
+  else:
+    result = train.run(config, workdir, quiet=True)
   assert result.status == "ok" and result.step == STEPS
   assert [row["step"] for row in read_metrics(workdir)] == list(range(1, STEPS + 1))
   assert os.path.isdir(os.path.join(workdir, "checkpoints", str(STEPS)))
@@ -40,7 +52,7 @@ def test_every_config_file_is_covered():
   assert len(CONFIGS) >= 13 and {"default", "dho2_v2", "sfb_mlp"} <= set(CONFIGS)
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("name", CONFIG_PARAMS)
 def test_config_runs_as_shipped(tmp_path, name):
   _run_shortened(tmp_path, name)
 

@@ -67,7 +67,7 @@ def _step_error(got, want, before):
   return _norm(jax.tree.map(np.subtract, got, want)) / _norm(jax.tree.map(np.subtract, want, before))
 
 
-@pytest.mark.parametrize("model", ["cnn", "transformer"])
+@pytest.mark.parametrize("model", ["cnn", pytest.param("transformer", marks=pytest.mark.slow)])
 def test_dense_sharded_step_equals_the_single_device_step(model):
   config = _config(model, "dense", optimizer="sgd", lr=0.5)
   exp, _, before, after = _one_step(config)
@@ -77,7 +77,7 @@ def test_dense_sharded_step_equals_the_single_device_step(model):
   assert _step_error(after, want, before) < 1e-5
 
 
-@pytest.mark.parametrize("model", ["cnn", "transformer"])
+@pytest.mark.parametrize("model", ["cnn", pytest.param("transformer", marks=pytest.mark.slow)])
 def test_sfb_on_every_matrix_layer_equals_dense_and_sends_the_plans_bytes(model):
   dense = _one_step(_config(model, "dense", optimizer="sgd", lr=0.5))
   exp, compiled, before, after = _one_step(_config(model, "sfb_all", optimizer="sgd", lr=0.5))
