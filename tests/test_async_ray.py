@@ -22,9 +22,12 @@ L1, L2 = 3e-3, 1e-2
 
 @pytest.fixture(autouse=True)
 def _x64():
-  """float64 for these tests only (a session-wide flag would change every later test's programs)."""
+  """float64 for these tests only: the in-process actors set the global flag (as they do in their
+  own Ray processes), and a session-wide flag would change every later test's programs."""
+  before = jax.config.jax_enable_x64
   with jax.enable_x64(True):
     yield
+  jax.config.update("jax_enable_x64", before)
 
 
 @pytest.fixture(scope="module")
