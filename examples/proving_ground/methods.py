@@ -83,10 +83,12 @@ def _replicated(tree, mesh):
   return jax.tree.map(lambda a: spmd.put(a, mesh, P()), tree)
 
 
-def _sharded_run(tx, body, params, batches, case, mesh, progress, data_specs=(P(AXIS), P(AXIS))):
-  """init -> per-device state layout -> jit(shard_map) -> one blocking call per batch."""
+def _sharded_run(tx, body, params, batches, case, mesh, progress, data_specs=(P(AXIS), P(AXIS)),
+                 replicated_state: bool = False):
+  """init -> per-device state layout -> jit(shard_map) -> one blocking call per batch.
+  ``replicated_state``: every leaf of the state is the same on all devices (no finder needed)."""
   state = tx.init(params)
-  marks = spmd.per_device_marks(state)
+  marks = jax.tree.map(lambda _: False, state) if replicated_state else spmd.per_device_marks(state)
   step = spmd.sharded_step(mesh, body, marks, data_specs, donate=case.donate)
   placed = [tuple(spmd.put(a, mesh, s) for a, s in zip(b, data_specs)) for b in batches]
   return spmd.run_steps(step, _replicated(params, mesh), spmd.place_state(state, marks, mesh), placed,
@@ -100,15 +102,19 @@ def run_sfb(case: Case, mesh, progress) -> Outcome:
   batches = models.batches(case.steps)
   plan = sfb.plan(loss, params, *batches[0], num_devices=mesh.size, rule="always")
   grad_fn = sfb.factored_value_and_grad(loss, plan)
-  tx = case.wrap(lambda lr: optax.chain(sfb.scale_by_sfb(AXIS), optax.sgd(lr, momentum=0.9)))
+  sgd = lambda lr: optax.sgd(lr, momentum=0.9)  # noqa: E731
+  # Accumulation goes after scale_by_sfb (sfb README): it sums the exchanged (replicated) gradients.
+  after = (lambda lr: optax.MultiSteps(sgd(lr), case.accumulate).gradient_transformation()) if case.accumulate \
+      else sgd
+  tx = case.wrap(lambda lr: optax.chain(sfb.scale_by_sfb(AXIS), after(lr)), multi_steps=lambda t, _: t)
 
   def body(p, s, x, y):
     _, g = grad_fn(spmd.varying(p), x, y)
     return tx.update(g, s, p)
 
-  sharded = _sharded_run(tx, body, params, batches, case, mesh, progress)
+  sharded = _sharded_run(tx, body, params, batches, case, mesh, progress, replicated_state=True)
   ref = _reference("sgd", case, lambda: references.dense(
-      loss, case.wrap(lambda lr: optax.sgd(lr, momentum=0.9), local_before=False), params, batches,
+      loss, case.wrap(sgd, local_before=False), params, batches,
       before=case.before(), workers=mesh.size))
   return Outcome(sharded, ref, _host(params), _tol(case), bf16=case.dtype == jnp.bfloat16)
 
