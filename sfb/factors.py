@@ -26,6 +26,12 @@ ORDER_FIX = ("put sfb.scale_by_sfb first in the chain: optax.chain(sfb.scale_by_
              "i.e. MultiSteps after sfb.scale_by_sfb")
 
 
+class ChainOrderError(TypeError, AttributeError):
+  """An attribute of an array was asked of a factored gradient (``x.real`` in an optax transformation
+  before ``scale_by_sfb``): a TypeError like the other refusals, and an AttributeError so that
+  ``hasattr`` probes still answer False."""
+
+
 class _FactoredGradient:
   """Not an array and deliberately not a pytree node: an optax transformation placed before
   ``scale_by_sfb`` (``scale``, ``clip_by_global_norm``, ``adam``, ``MultiSteps``) would map u and v
@@ -37,13 +43,13 @@ class _FactoredGradient:
             f"as an array: a transformation before sfb.scale_by_sfb, or a jit/scan/cond boundary (it "
             f"lives inside one step); {ORDER_FIX}")
 
-  def _refuse(self, *args, **kwargs):
+  def _refuse(self, *args, **kwargs):   # a plain TypeError: getattr(x, name, default) must not swallow it
     raise TypeError(self._message())
 
   def __getattr__(self, name):   # only for names the class does not define (e.g. .real)
     if name.startswith("__"):
       raise AttributeError(name)
-    raise AttributeError(self._message())
+    raise ChainOrderError(self._message())
 
   __array__ = astype = reshape = __neg__ = __pos__ = __abs__ = _refuse
   __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _refuse

@@ -21,10 +21,7 @@ sys.path.insert(0, str(EXAMPLE.parent))
 
 from proving_ground import cases, cells, methods, multiproc, spmd  # noqa: E402
 
-KNOWN = {
-    ("sfb", "clip_before"): "sfb raises AttributeError; TypeError pending (the chain-order guard's message is "
-                            "right: put sfb.scale_by_sfb first, but it is not a ValueError/TypeError)",
-}
+KNOWN: dict = {}   # (row, case) -> reason, for cells that fail for a known, named reason (strict xfail)
 VR_ROWS = ("vr_prox.dap_svrg", "vr_prox.dap_sgd", "vr_prox.tap_svrg(per_round)")
 FAST = (
     {(row.name, "plain") for row in methods.ROWS}
