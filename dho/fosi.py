@@ -106,12 +106,15 @@ class Dho2State(NamedTuple):
   pending_at: Any = None
 
   def per_worker_fields(self):
-    fields = ("fosi.velocity", "fosi.eigvecs")
+    # With k = l = 0 the eigenvectors are empty (r = 0) and stay replicated: jit returns an empty
+    # array replicated whatever its out_specs say, so a P(axis) spec would not survive a step.
+    rows = ("fosi.eigvecs",) if jnp.size(self.fosi.eigvecs) else ()
+    fields = ("fosi.velocity",) + rows
     if not isinstance(self.fosi.base_state, FullBaseState):
       fields += ("fosi.base_state",)
     if self.admm_disp is not None:
       fields += ("admm_disp", "admm_anchor")
-    return fields + (("pending.eigvecs",) if self.pending is not None else ())
+    return fields + (("pending.eigvecs",) if self.pending is not None and rows else ())
 
 
 class ConsensusState(NamedTuple):

@@ -89,7 +89,7 @@ def test_admm_reference_rule():
   x_end2 = a2 - tau * lr * (c + 5e-9 * d1)
   d2 = x_end2 - a2
   np.testing.assert_allclose(ps[2 * tau]["x"], x_end2 + d1 + d2, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(ss[-1].admm_disp, d1 + d2, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(ss[-1].admm_disp[0], d1 + d2, rtol=1e-5, atol=1e-6)   # axis_name=None: P = 1 row
 
 
 def test_admm_sharded_equals_unsharded():
