@@ -19,6 +19,7 @@ at the params) is not used (``dho2`` recomputes it at each replica's iterate).
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import jax
 import numpy as np
@@ -43,9 +44,15 @@ def _num_params(config, dataset) -> int:
 
 
 def _field_of(message: str) -> str:
-  """The ``config.algo`` field a constructor's ``ValueError`` is about (its first word names it)."""
+  """The ``config.algo`` field a constructor's ``ValueError`` is about: its first word when that
+  is a field (``"k must be ..."``), else the longest field it names (``"admm='consensus' needs
+  admm_rho > 0"`` is about ``admm_rho``, not ``admm``)."""
+  fields = defaults.dho()
   name = message.split()[0].strip("(:,")
-  return f"algo.{name}" if name in defaults.dho() else "algo"
+  if name in fields:
+    return f"algo.{name}"
+  named = [w for w in re.findall(r"[A-Za-z_]\w*", message) if w in fields]
+  return f"algo.{max(named, key=len)}" if named else "algo"
 
 
 def validate(config, dataset) -> None:
