@@ -322,8 +322,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None, *, quiet:
   report = comm.collective_bytes(compiled)
   sent = measure_branches(exp.method, compiled, report)
   branches = "".join(f"; {label} {human_bytes(b)}" for label, b in sent.by_branch.items())
-  say("compiled in %.2f s; measured %s/device/step (largest branch; wire %s)%s; analytic %s",
-      compile_s, human_bytes(report.payload), human_bytes(report.wire), branches,
+  say("compiled in %.2f s; measured %s/device/step (largest branch; wire %s; %d collective(s), %d array(s))%s; "
+      "analytic %s", compile_s, human_bytes(report.payload), human_bytes(report.wire), report.count,
+      report.arrays, branches,
       human_bytes(exp.method.analytic_payload) if exp.method.analytic_payload is not None else "n/a")
   for note in report.notes:
     say("comm note: %s", note)
@@ -393,6 +394,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None, *, quiet:
                bytes_per_step=report.payload, max_bytes_per_step=report.payload,
                mean_bytes_per_step=cum_bytes / step if step else 0.0, cum_bytes=cum_bytes,
                bytes_per_branch=sent.by_branch or None, wire_bytes_per_step=report.wire,
+               collectives_per_step=report.count, arrays_per_step=report.arrays,
                analytic_bytes_per_step=exp.method.analytic_payload, num_devices=num_devices,
                num_processes=jax.process_count(), algorithm=config.algorithm, status=status)
   if workdir and primary:

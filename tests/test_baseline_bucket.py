@@ -55,3 +55,12 @@ def test_dense_baseline_step_all_reduces_one_flat_gradient():
   n = sum(x.size for x in jax.tree.leaves(exp.params))
   assert report.count == 1 and report.arrays == 2, report.summary()  # gradient bucket + loss scalar
   assert report.payload == 4 * n + 4 == exp.method.analytic_payload + 4, report.summary()
+
+
+def test_run_summary_reports_the_collectives_next_to_the_bytes():
+  config = cli.load_config(os.path.join(ROOT, "configs", "baseline_digits.py") + ":mlp")
+  config.update(dict(num_steps=3, eval_every=0, log_every=1000, checkpoint_every=0))
+  result = train.run(config, quiet=True)
+  assert result.final["collectives_per_step"] == result.comm.count == 1
+  assert result.final["arrays_per_step"] == result.comm.arrays == 2
+  assert result.final["bytes_per_step"] == result.comm.payload
