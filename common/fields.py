@@ -19,6 +19,7 @@ from common.errors import ConfigError, FlagError
 DATASETS = ("digits", "breast_cancer", "synthetic", "sparse_logistic", "text", "svmlight:<path>")
 MODELS = ("softmax", "mlp", "logistic", "cnn", "transformer")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
+RUNTIMES = ("spmd", "ray")   # config.runtime: the jit(shard_map) harness, or common/async_ray (issue 16)
 # Fields a resumed run may change: they only schedule the loop, never the state or the math.
 RESUMABLE = ("num_steps", "log_every", "eval_every", "checkpoint_every")
 
@@ -48,8 +49,20 @@ def _one_of(config, field, allowed):
     raise ConfigError(field, f"unknown {field} {config[field]!r}; allowed: {', '.join(allowed)}")
 
 
+def check_runtime(config) -> None:
+  """``config.runtime`` is "spmd" (the default when absent) or "ray"; an SPMD run needs a
+  ``base_config`` (a Ray config file switched to "spmd" lacks its fields)."""
+  runtime = config.get("runtime", "spmd")
+  if runtime not in RUNTIMES:
+    raise ConfigError("runtime", f"unknown runtime {runtime!r}; allowed: {', '.join(RUNTIMES)}")
+  if runtime == "spmd" and "algo" not in config:
+    raise ConfigError("runtime", "'spmd' needs a config built with configs.common.base_config; this config file "
+                      "is for the Ray runtime (runtime = 'ray')")
+
+
 def check(config) -> None:
   """Raises ConfigError for the first bad harness field (see module docstring)."""
+  check_runtime(config)
   for field in ("batch_size", "num_steps", "log_every"):
     _int_at_least(config, field, 1)
   for field in ("eval_every", "checkpoint_every", "num_devices", "seed"):

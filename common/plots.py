@@ -1,4 +1,6 @@
-"""Plots of one or more runs: loss vs steps and loss vs cumulative bytes (headless PNG).
+"""Plots of one or more runs: loss vs steps, vs cumulative bytes and, when the runs log
+``wall_time`` (the Ray runtimes of issue 16: configs/async_dap_svrg.py, configs/async_sign1bit.py),
+vs wall time (headless PNG).
 
     python -m common.plots runs/a runs/b --out plots/compare.png [--labels A B] [--metric loss]
 
@@ -30,31 +32,42 @@ def _label(workdir: str) -> str:
   return os.path.basename(os.path.normpath(workdir))
 
 
+def panels(rows_per_run) -> list[str]:
+  """x axes of the figure: "step", "cum_bytes", and "wall_time" when any run logged it."""
+  has_wall = any(r.get("wall_time") is not None for rows in rows_per_run for r in rows)
+  return ["step", "cum_bytes"] + (["wall_time"] if has_wall else [])
+
+
+XLABELS = {"step": "step", "cum_bytes": "cumulative payload per device (MiB)", "wall_time": "wall time (s)"}
+SCALE = {"step": 1.0, "cum_bytes": 1.0 / 2**20, "wall_time": 1.0}
+
+
 def plot_runs(workdirs, out: str, labels=None, metric: str = "loss", logy: bool = True,
               log_bytes: bool = False) -> str:
-  """Writes a two-panel PNG (metric vs step, metric vs cumulative payload bytes); returns ``out``.
+  """Writes a PNG with one panel per x axis of ``panels`` (metric vs step, vs cumulative payload
+  bytes, vs wall time when logged); returns ``out``.
 
   ``log_bytes`` puts the bytes axis on a log scale (runs whose payloads differ by orders of
   magnitude).
   """
   labels = labels or [_label(w) for w in workdirs]
-  fig, (ax_steps, ax_bytes) = plt.subplots(1, 2, figsize=(11, 4))
-  for workdir, label in zip(workdirs, labels):
-    rows = [r for r in read_metrics(workdir) if r.get(metric) is not None]
-    steps = [r["step"] for r in rows]
-    values = [r[metric] for r in rows]
-    ax_steps.plot(steps, values, label=label)
-    ax_bytes.plot([r["cum_bytes"] / 2**20 for r in rows], values, label=label)
-  ax_steps.set_xlabel("step")
-  ax_bytes.set_xlabel("cumulative payload per device (MiB)")
-  for ax in (ax_steps, ax_bytes):
+  runs = [[r for r in read_metrics(w) if r.get(metric) is not None] for w in workdirs]
+  xs = panels(runs)
+  fig, axes = plt.subplots(1, len(xs), figsize=(5.5 * len(xs), 4))
+  for rows, label in zip(runs, labels):
+    for ax, x in zip(axes, xs):
+      pts = [(r[x] * SCALE[x], r[metric]) for r in rows if r.get(x) is not None]
+      if pts:
+        ax.plot(*zip(*pts), label=label)
+  for ax, x in zip(axes, xs):
+    ax.set_xlabel(XLABELS[x])
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
     if logy:
       ax.set_yscale("log")
   if log_bytes:
-    ax_bytes.set_xscale("log")
-  ax_bytes.legend(fontsize=8)
+    axes[1].set_xscale("log")
+  axes[-1].legend(fontsize=8)
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   fig.savefig(out, dpi=110)

@@ -20,6 +20,7 @@ from common import algos
 
 def base_config(algorithm: str = "dense") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
+  c.runtime = "spmd"           # spmd: jit(shard_map) on the "data" mesh | ray: common/async_ray (issue 16)
   c.seed = 0
   c.num_devices = 8            # size of the "data" mesh axis; simulated CPU devices if needed
   c.x64 = False                # float64 everywhere (set before JAX starts)
