@@ -18,6 +18,7 @@ import ml_collections
 def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.runtime = "ray"
+  c.ray_address = None               # None: a private local node on loopback; "host:port" joins a cluster
   c.problem = "elastic_net"
   c.variant = "dap"
   c.num_workers = 2
@@ -32,6 +33,7 @@ def get_config(arg=None):
   c.epoch_timeout_s = 120.0
   c.kill_worker = -1
   c.kill_at_version = 0
+  c.kill_server_at_version = -1      # fault injection: the server's process exits at this version (-1: never)
   c.l1, c.l2, c.lam = 3e-3, 1e-2, 1e-2
   c.log_every = 1
   arg = arg or "dap"

@@ -113,8 +113,9 @@ class Worker:
 class Server:
   """Holds x and its version; DAP only adds, TAP applies the prox (``vr_prox.tap_svrg``, axis_name=None)."""
 
-  def __init__(self, problem, x0, *, variant: str, lr: float, tau: int, x64: bool):
-    self.variant, self.tau = variant, int(tau)
+  def __init__(self, problem, x0, *, variant: str, lr: float, tau: int, x64: bool,
+               die_at_version: int | None = None):
+    self.variant, self.tau, self.die_at_version = variant, int(tau), die_at_version
     self.x = np.array(x0, np.float64 if x64 else np.float32)
     self.version, self.end, self.refused = 0, 0, 0
     self.counts, self.state = {}, None
@@ -149,6 +150,8 @@ class Server:
 
   def push(self, worker: int, payload, read_version: int):
     """One message: ("ok" | "refused" | "stop", current x, current version)."""
+    if self.die_at_version is not None and self.version >= self.die_at_version:
+      os._exit(1)   # injected fault: the server's process dies (tests of the lost-server error)
     log = self._log
     log["bytes_up"] += payload.nbytes
     if self.version >= self.end:

@@ -25,6 +25,10 @@ class ServerLost(RuntimeError):
   """The parameter server actor died."""
 
 
+class RayStartError(RuntimeError):
+  """The local Ray node did not come up (e.g. its raylet timed out on an overloaded machine)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Spec:
   """One run. ``relaxation`` is DAP's theta (the worker sends theta * Delta; 1 = the paper)."""
@@ -42,22 +46,56 @@ class Spec:
   epoch_timeout_s: float = 120.0
   kill_worker: int = -1             # injected fault: this worker's process exits ...
   kill_at_version: int = 0          # ... when it reads this server version
+  kill_server_at_version: int = -1  # injected fault: the server's process exits at this version (-1: never)
   l1: float = 3e-3
   l2: float = 1e-2
   lam: float = 1e-2
 
 
-def start_ray(num_cpus: int):
-  """A private local Ray node on loopback, no dashboard; returns True if this call started it."""
+def _runtime_env():
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+  return {"env_vars": {"PYTHONPATH": path}}   # actors import common/ from any cwd (same path on a cluster)
+
+
+def start_ray(num_cpus: int, address: str | None = None, connect_timeout_s: float = 10.0):
+  """A private local Ray node on loopback, no dashboard (``address`` None), or ``ray.init(address=...)``
+  of a running cluster after a TCP probe of its host:port (``check_ray_address``); returns True if
+  this call initialized Ray (the caller shuts it down)."""
   import ray
   if ray.is_initialized():
     return False
-  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-  ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, configure_logging=False,
-           log_to_driver=False, object_store_memory=100 * 1024 * 1024, _node_ip_address="127.0.0.1",
-           runtime_env={"env_vars": {"PYTHONPATH": path}})   # actors import common/ from any cwd
+  if address is not None:
+    check_ray_address(address, connect_timeout_s)
+    ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False,
+             runtime_env=_runtime_env())
+    return True
+  try:
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, configure_logging=False,
+             log_to_driver=False, object_store_memory=100 * 1024 * 1024, _node_ip_address="127.0.0.1",
+             runtime_env=_runtime_env())
+  except Exception as e:  # noqa: BLE001 -- ray.init raises a bare Exception when its raylet/GCS time out
+    raise RayStartError(f"the private local Ray node did not start: {str(e).splitlines()[0]}") from None
   return True
+
+
+def check_ray_address(address: str, timeout_s: float = 10.0) -> None:
+  """Raises ``common.errors.ConfigError`` naming ``ray_address`` unless a TCP connection to its
+  host:port opens within ``timeout_s`` ("auto" is left to ``ray.init``)."""
+  import socket
+  from common.errors import ConfigError
+  if address == "auto":
+    return
+  hostport = address.split("://", 1)[-1]
+  host, _, port = hostport.rpartition(":")
+  if not host or not port.isdigit():
+    raise ConfigError("ray_address", f"must be host:port (or ray://host:port, or auto), got {address!r}")
+  try:
+    socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+  except OSError as e:
+    raise ConfigError("ray_address", f"no Ray cluster reachable at {address!r} within {timeout_s:g} s "
+                      f"({e.strerror or type(e).__name__}); start one (ray start --head) or leave "
+                      f"ray_address unset for a private local node") from None
 
 
 def combine_shard_gradients(parts):
@@ -96,7 +134,8 @@ def _start_actors(spec, problem):
   import ray
   rows = problems_lib.shard_rows(len(problem.y), spec.num_workers)
   server = ray.remote(num_cpus=0, max_restarts=0)(actors.Server).remote(
-      problem, np.zeros(problem.shape), variant=spec.variant, lr=spec.lr, tau=spec.max_delay, x64=spec.x64)
+      problem, np.zeros(problem.shape), variant=spec.variant, lr=spec.lr, tau=spec.max_delay, x64=spec.x64,
+      die_at_version=spec.kill_server_at_version if spec.kill_server_at_version >= 0 else None)
   worker_cls = ray.remote(num_cpus=0, max_restarts=0)(actors.Worker)
   workers = {k: worker_cls.remote(k, problem, rows[k], variant=spec.variant, lr=spec.lr,
                                   relaxation=spec.relaxation, batch_size=spec.batch_size, seed=spec.seed,

@@ -1,0 +1,141 @@
+"""1-bit gradient coding with real stragglers on Ray (common/async_ray/gc.py) against NumPy.
+
+In-process (no Ray, fast): the workers' messages decoded by the coordinator equal the NumPy
+formulas of spec sign1bit.md §2.3/§5.1 for the messages that arrived -- SGC (1/N) sum_{i in R} c_i
+with c_i = sum_{k in S_i} grad f_k / (d (1 - s/K)), ignore-stragglers (1/|R|) sum_{i in R} grad f_i --
+and 1-bit GC with B = 'linf' equals ``sign1bit.reference_decode`` fed NumPy gradients; the injected
+delays are seeded with the configured means. On Ray (slow: a private local node on loopback that
+the test starts and stops): K = 3 with a worker killed mid-run (a permanent straggler, logged) and
+a lost DAP server (exit 4, one line naming it and the kept checkpoint).
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from common.async_ray import gc
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAM = 1e-3
+
+
+def _keep_env(monkeypatch):
+  for name in ("XLA_FLAGS", "JAX_PLATFORMS"):   # workers set them for their own process
+    if name in os.environ:
+      monkeypatch.setenv(name, os.environ[name])
+    else:
+      monkeypatch.delenv(name, raising=False)
+
+
+def _partition_grad_np(w, x, y):
+  """grad of f_k(w) = mean softmax cross-entropy + (LAM/2)||w||^2, w flat (65 x 10 row-major)."""
+  w = np.asarray(w, np.float64).reshape(65, 10)
+  logits = x.astype(np.float64) @ w
+  p = np.exp(logits - logits.max(1, keepdims=True))
+  p /= p.sum(1, keepdims=True)
+  p[np.arange(len(y)), y] -= 1.0
+  return (x.T @ p / len(y) + LAM * w).ravel()
+
+
+def _workers(spec, monkeypatch):
+  _keep_env(monkeypatch)
+  xs, ys, _, _ = gc.load_digits(spec)
+  alloc = gc.make_allocation(spec)
+  return [gc.GCWorker(i, spec, xs[alloc.index[i]], ys[alloc.index[i]]) for i in range(spec.num_workers)], xs, ys
+
+
+W0 = np.random.default_rng(0).normal(size=650).astype(np.float32) * 0.05
+
+
+@pytest.mark.parametrize("method", ["sgc", "ignore_stragglers"])
+def test_real_valued_decode_of_the_arrivals_matches_numpy(method, monkeypatch):
+  spec = gc.GCSpec(method=method, num_workers=3, allocation="cyclic", redundancy=2, wait="first",
+                   num_stragglers=1, delay="none", lr=0.5)
+  workers, xs, ys = _workers(spec, monkeypatch)
+  alloc = gc.make_allocation(spec)
+  arrived = [0, 2]                                      # worker 1 is the straggler
+  msgs = {i: workers[i].step(W0, 7) for i in arrived}
+  w_next, g = gc.Decoder(spec)(W0, spec.lr, msgs)
+  part = np.stack([_partition_grad_np(W0, x, y) for x, y in zip(xs, ys)])   # [N, D]
+  local = alloc.matrix.astype(np.float64) @ part                          # sum_{k in S_i} grad f_k
+  if method == "sgc":
+    d, n = 2, alloc.num_partitions
+    want = sum(local[i] / (d * (1 - 1 / 3)) for i in arrived) / n
+  else:
+    want = local[arrived].mean(0)
+  np.testing.assert_allclose(g, want, rtol=2e-5, atol=2e-6)
+  np.testing.assert_allclose(w_next, W0 - spec.lr * want, rtol=2e-5, atol=2e-6)
+  assert all(gc.message_bytes(m) == 4 * 650 for m in msgs.values())
+
+
+def test_one_bit_linf_equals_reference_decode_of_numpy_gradients(monkeypatch):
+  import sign1bit
+  spec = gc.GCSpec(method="gc_linf", num_workers=2, redundancy=1, wait="all", delay="none", seed=3)
+  workers, xs, ys = _workers(spec, monkeypatch)
+  alloc = gc.make_allocation(spec)
+  step = 11
+  msgs = {i: w.step(W0, step) for i, w in enumerate(workers)}
+  _, g = gc.Decoder(spec)(W0, 0.1, msgs)
+  part = np.stack([_partition_grad_np(W0, x, y) for x, y in zip(xs, ys)])
+  want, active = sign1bit.reference_decode(alloc.matrix.astype(np.float64) @ part, alloc, 0.0, "linf",
+                                           seed=3, step=step)
+  assert np.all(np.asarray(active))
+  np.testing.assert_allclose(g, np.asarray(want), rtol=1e-5, atol=1e-6)
+  assert all(gc.message_bytes(m) == 82 + 4 for m in msgs.values())     # ceil(650 / 8) bytes + one f32
+  other = gc.Decoder(spec)(W0, 0.1, {i: w.step(W0, step + 1) for i, w in enumerate(workers)})[1]
+  assert np.abs(other - g).max() > 0   # fresh quantiser noise every step
+
+
+def test_injected_delays_are_seeded_with_the_configured_mean():
+  exp = gc.GCSpec(delay="exponential", delay_mean_s=0.05, delay_cap_s=100.0)
+  par = gc.GCSpec(delay="pareto", delay_mean_s=0.05, pareto_shape=1.5, delay_cap_s=100.0)
+  n = 4000
+  d_exp = np.array([gc.draw_delay(exp, 1, t) for t in range(n)])
+  assert abs(d_exp.mean() - 0.05) < 4.5 * 0.05 / np.sqrt(n)
+  d_par = np.array([gc.draw_delay(par, 1, t) for t in range(n)])
+  x_m = 0.05 * 0.5 / 1.5
+  assert d_par.min() >= x_m and abs(np.median(d_par) / (x_m * 2 ** (1 / 1.5)) - 1) < 0.08
+  assert np.quantile(d_par, 0.999) > 10 * np.quantile(d_exp, 0.5)     # the heavy tail
+  assert gc.draw_delay(exp, 1, 5) == gc.draw_delay(exp, 1, 5) != gc.draw_delay(exp, 2, 5)
+  assert gc.draw_delay(gc.GCSpec(delay="pareto", delay_cap_s=0.2, delay_mean_s=10.0), 0, 0) == 0.2
+
+
+@pytest.mark.slow   # a private local Ray node (~25-60 s to start on 2 busy cores) and 3 worker actors
+def test_ray_gc_killed_worker_is_a_logged_permanent_straggler(tmp_path, capsys, monkeypatch):
+  from common.async_ray import runtime
+  from common.metrics import read_metrics
+  from configs.async_sign1bit import get_config
+  _keep_env(monkeypatch)
+  config = get_config()
+  for k, v in dict(num_workers=3, allocation="cyclic", num_steps=16, kill_worker=1, kill_at_step=6,
+                   delay_mean_s=0.01, log_every=100, checkpoint_every=8, step_timeout_s=60.0).items():
+    config[k] = v
+  result = runtime.run(config, str(tmp_path))
+  out = capsys.readouterr().out
+  assert "worker 1 lost at step 6" in out and "permanent straggler" in out and "live: [0, 2]" in out
+  rows = read_metrics(str(tmp_path))
+  assert [r["step"] for r in rows] == list(range(1, 17))
+  assert all(r["active"] == 2 for r in rows)                       # first K - s = 2 every step
+  assert all(1 not in r["arrived"] for r in rows[6:]) and rows[-1]["live"] == [0, 2]
+  assert rows[-1]["uplink_bits"] == 16 * 2 * (650 + 32)
+  assert rows[-1]["loss"] < rows[0]["loss"] < np.log(10) + 1e-3
+  assert [d["worker"] for d in result.final["lost_workers"]] == [1]
+  assert (tmp_path / "checkpoints" / "16" / "params.npz").exists()
+
+
+@pytest.mark.slow
+def test_lost_dap_server_is_one_line_and_the_checkpoint_is_kept(tmp_path):
+  """The server actor's process exits at version 700 (epoch 2): exit 4, one line naming the
+  parameter server and the last checkpoint (epoch 1), which is still on disk."""
+  workdir = tmp_path / "run"
+  proc = subprocess.run([sys.executable, "launch.py", "--config", "configs/async_dap_svrg.py",
+                         "--config.kill_server_at_version=700", "--config.num_steps=3", "--workdir", str(workdir)],
+                        cwd=ROOT, capture_output=True, text=True, timeout=400)
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+  assert proc.returncode == 4, proc.stderr[-2000:]
+  assert len(errors) == 1 and "parameter server actor lost" in errors[0], proc.stderr[-2000:]
+  assert f"last checkpoint kept: {workdir / 'checkpoints' / '1'}" in errors[0]
+  assert "Traceback" not in proc.stderr
+  assert (workdir / "checkpoints" / "1" / "params.npz").exists()
