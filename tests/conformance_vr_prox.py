@@ -12,7 +12,7 @@ import jax
 from jax import lax
 
 import vr_prox
-from vr_prox._dap import _is_varying
+from vr_prox.axis import varying_axes
 from tests.conformance import AXIS, Entry, softmax_problem
 
 _params, _loss, _data = softmax_problem(3, 1)
@@ -21,7 +21,7 @@ _params, _loss, _data = softmax_problem(3, 1)
 def _snapshot_grads(params, x, y):
   del params
   p0 = _params()
-  if _is_varying(x, AXIS):  # inside shard_map: differentiate at varying params (local gradient)
+  if AXIS in varying_axes(x):  # inside shard_map: differentiate at varying params (local gradient)
     p0 = jax.tree.map(lambda a: lax.pcast(a, AXIS, to="varying"), p0)
   return {"snapshot_grads": jax.grad(_loss)(p0, x, y)}
 

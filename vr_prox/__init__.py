@@ -11,17 +11,25 @@ Public API:
   epoch pieces:    ``refresh``, ``full_gradient``, ``global_count``, ``read_params``, ``read_delay``, ``objective``,
                    ``to_varying``, ``state_specs``, ``epoch_fn``, ``sharded_epoch``, ``sample_indices``
   serial model:    ``serial_epoch``; event model: ``event_trace`` (host-side, replayed by serial_epoch)
+  round pieces:    ``variance_reduced_gradient``, ``worker_delta``, ``server_add``, ``server_prox``
   prox operators:  ``prox_l1``, ``prox_elastic_net``, ``prox_group_lasso``,
                    ``prox_sparse_group_lasso``, ``prox_box``, ``prox_none``, ``make_prox``,
-                   ``prox_cleanup``, ``soft_threshold``
+                   ``prox_cleanup``, ``soft_threshold``, ``prox_trace_norm``, ``svd_soft_threshold``
+  sparse rows:     ``ell_from_csr``, ``ell_matvec``, ``ell_logistic_loss``, ``ell_fill`` (padded per-row
+                   (indices, values) arrays; see ``vr_prox/_sparse.py`` for why this format)
+  mesh axis:       ``vr_prox.axis`` (``varying_axes``, ``to_varying``, ``axis_size``, ``axis_index``)
   costs:           ``payload_bytes``
 """
+from vr_prox import axis
 from vr_prox._dap import (DapSvrgState, SCHEDULES, dap_sgd, dap_svrg, full_gradient, global_count, objective,
-                          prox_svrg,
-                          read_delay, read_params, refresh, state_specs, tap_sgd, tap_svrg, to_varying)
+                          prox_svrg, read_delay, read_params, refresh, server_add, server_prox, state_specs,
+                          tap_sgd, tap_svrg, variance_reduced_gradient, worker_delta)
 from vr_prox._epoch import epoch_fn, sample_indices, sharded_epoch
 from vr_prox._event import EventTrace, event_trace
 from vr_prox._serial import serial_epoch
+from vr_prox._sparse import ell_fill, ell_from_csr, ell_logistic_loss, ell_matvec
+from vr_prox._trace_norm import prox_trace_norm, svd_soft_threshold
+from vr_prox.axis import to_varying
 from vr_prox._prox import (PROX_NAMES, make_prox, prox_box, prox_cleanup, prox_elastic_net, prox_group_lasso,
                            prox_l1, prox_none, prox_sparse_group_lasso, soft_threshold)
 
@@ -39,6 +47,8 @@ __all__ = [
     "global_count",
     "make_prox", "objective", "payload_bytes", "prox_box", "prox_cleanup", "prox_elastic_net",
     "prox_group_lasso", "prox_l1", "prox_none", "prox_sparse_group_lasso", "prox_svrg", "read_delay",
-    "read_params", "refresh", "sample_indices", "serial_epoch", "sharded_epoch", "soft_threshold", "state_specs", "tap_sgd", "tap_svrg",
-    "to_varying",
+    "prox_trace_norm", "read_params", "refresh", "sample_indices", "serial_epoch", "server_add", "server_prox",
+    "sharded_epoch", "soft_threshold", "state_specs", "svd_soft_threshold", "tap_sgd", "tap_svrg", "to_varying",
+    "variance_reduced_gradient", "worker_delta", "axis", "ell_fill", "ell_from_csr", "ell_logistic_loss",
+    "ell_matvec",
 ]

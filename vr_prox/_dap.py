@@ -9,6 +9,8 @@ References:
         Reduction*, SIAM J. Optim. 24(4):2057-2075, 2014 (ProxSVRG, Alg. 1).
   [MCW] Q. Meng et al., *Asynchronous Stochastic Proximal Optimization Algorithms with Variance
         Reduction*, AAAI 2017, arXiv:1609.08435 (TAP / Async-ProxSVRG: server prox).
+  [LM]  S. A. Levin, R. M. May, *A note on difference-delay equations*, Theor. Popul. Biol. 9(2),
+        1976 (stability of x_{t+1} = x_t - theta x_{t-tau}).
 
 Round model (one ``update`` = one round; the mesh axis ``axis_name`` holds the K workers):
 device k reads the server version ``r - d_k`` from a ring buffer of the last ``max_delay + 1``
@@ -20,12 +22,14 @@ and at the snapshot (``g_s``), and ``update`` forms the variance-reduced gradien
 
   * ``server="add"`` (DAP, [HGH] Alg. 1): ``Delta_k = prox_{gh}(x_hat_k - g v_k) - x_hat_k`` on the
     worker, the server adds ``theta * psum_k Delta_k`` (theta = 1 is the paper; theta < 1 is the
-    project's relaxed extension, stable under persistent staleness, spec §2.5);
+    project's relaxed extension: where the prox is locally constant, e.g. l1 zeros, the server
+    recursion under a persistent delay tau is ``x_{t+1} = x_t - theta x_{t-tau}``, unstable at
+    theta = 1 for tau >= 2 and stable for theta < 2 sin(pi / (2 (2 tau + 1))) [LM]);
   * ``server="prox"`` (TAP, [MCW]): ``all_gather`` of the ``v_k``, then every device applies
     ``x <- prox_{gh}(x - g v_{pi(j)})`` for the K arrivals in a seeded order ``pi`` (identical on
     all devices, so params stay replicated), or once for the whole round
-    (``tap_prox="per_round"``): ``x <- prox_{K g h}(x - g sum_j v_j)`` (spec §4.1a: K summed steps
-    take one prox of K*g*h, so the fixed point minimizes f + h, not f + h/K).
+    (``tap_prox="per_round"``): ``x <- prox_{K g h}(x - g sum_j v_j)`` (K summed steps take one
+    prox of K*g*h, so the fixed point minimizes f + h, not f + h/K).
 
 Without variance reduction (``dap_sgd``/``tap_sgd``) ``v_k = w_k g_r``. With one device
 (``axis_name=None``) and ``max_delay=0`` all of them are ProxSVRG / proximal SGD exactly.
@@ -45,11 +49,12 @@ import optax
 from jax import lax
 
 from vr_prox._prox import is_prox
+from vr_prox.axis import all_gather, axis_index, axis_size, psum, to_varying
 
 SCHEDULES = ("uniform", "fixed", "cyclic", "trace")
 _SCHEDULE_ID = {name: i for i, name in enumerate(SCHEDULES)}
 SERVERS = ("add", "prox")
-MODELS = ("round", "serial")
+TAP_PROXES = ("per_update", "per_round")
 
 
 class DapSvrgState(NamedTuple):
@@ -88,31 +93,6 @@ def state_specs(state) -> Any:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _is_varying(x, axis_name) -> bool:
-  mat = getattr(jax.typeof(x), "manual_axis_type", None)
-  return mat is not None and axis_name in getattr(mat, "varying", ())
-
-
-def to_varying(tree, axis_name: str | None):
-  """``lax.pcast(., to="varying")`` on the leaves that are not already varying over ``axis_name``.
-
-  Differentiate at this point inside ``shard_map``: a gradient w.r.t. a replicated value is
-  silently summed over devices (an all-reduce), one w.r.t. a varying value is local.
-  """
-  if axis_name is None:
-    return tree
-  return jax.tree.map(lambda x: x if _is_varying(x, axis_name) else lax.pcast(x, axis_name, to="varying"),
-                      tree)
-
-
-def _worker(axis_name):
-  return lax.axis_index(axis_name) if axis_name is not None else jnp.zeros([], jnp.int32)
-
-
-def _num_workers(axis_name) -> int:
-  return int(lax.axis_size(axis_name)) if axis_name is not None else 1
-
-
 def _delay(state: DapSvrgState, worker):
   """Delay (in rounds) of ``worker``'s read in this round, clipped to the current epoch."""
   sid, max_delay = state.schedule[0], state.schedule[1]
@@ -127,7 +107,7 @@ def _delay(state: DapSvrgState, worker):
 
 def read_delay(state: DapSvrgState, axis_name: str | None = "data"):
   """The delay this device's read has in the coming round (diagnostics)."""
-  return _delay(state, _worker(axis_name))
+  return _delay(state, axis_index(axis_name))
 
 
 def _record(state: DapSvrgState, params) -> DapSvrgState:
@@ -154,7 +134,7 @@ def _read(state: DapSvrgState, axis_name):
 
 def read_params(state: DapSvrgState, params, axis_name: str | None = "data"):
   """The (stale) server version this device reads in the coming round ([HGH] Alg. 1, worker
-  step 1; spec §4.3): ``params`` at delay 0, else the version ``d_k`` rounds back, as the caller
+  step 1): ``params`` at delay 0, else the version ``d_k`` rounds back, as the caller
   passed it to ``update`` then.
 
   Inside ``shard_map`` the result is varying when delays differ across devices. Differentiate
@@ -184,9 +164,8 @@ def refresh(state: DapSvrgState, params, full_grad, num_rows) -> DapSvrgState:
 
 def global_count(mask, axis_name: str | None = "data", dtype=jnp.float32):
   """The global row count n = psum over devices of this device's valid rows ``sum(mask)``
-  (replicated, ``dtype``): the n of the shard weights ``w_k = K n_k / n`` (spec §4.3)."""
-  n = jnp.sum(mask).astype(dtype)
-  return n if axis_name is None else lax.psum(n, axis_name)
+  (replicated, ``dtype``): the n of the shard weights ``w_k = K n_k / n``."""
+  return psum(jnp.sum(mask).astype(dtype), axis_name)
 
 
 def _loss_sums(example_loss_fn, params, data, mask):
@@ -211,25 +190,21 @@ def full_gradient(example_loss_fn: Callable, params, data, mask, axis_name: str 
   """
   dtype = jax.tree.leaves(params)[0].dtype
   g = jax.grad(lambda p: _loss_sums(example_loss_fn, p, data, mask))(to_varying(params, axis_name))
-  n = jnp.sum(mask).astype(dtype)
-  if axis_name is not None:
-    g, n = lax.psum((g, n), axis_name)
+  g, n = psum((g, jnp.sum(mask).astype(dtype)), axis_name)
   return jax.tree.map(lambda x: x / n, g), n
 
 
 def objective(example_loss_fn: Callable, prox, params, data, mask, axis_name: str | None = "data"):
   """``P(x) = (1/n) sum_i f_i(x) + h(x)`` over every valid row of every shard (replicated)."""
   dtype = jax.tree.leaves(params)[0].dtype
-  total = _loss_sums(example_loss_fn, params, data, mask).astype(dtype)
-  n = jnp.sum(mask).astype(dtype)
-  if axis_name is not None:
-    total, n = lax.psum((total, n), axis_name)
+  total, n = psum((_loss_sums(example_loss_fn, params, data, mask).astype(dtype), jnp.sum(mask).astype(dtype)),
+                  axis_name)
   return total / n + prox.value(params)
 
 
 # ----------------------------------------------------------------------------- transform
 def _shard_weight(state: DapSvrgState, local_count, num_rows, num_workers: int, variance_reduction: bool):
-  """``w_k = K n_k / n`` (spec §4.3) so that ``(1/K) sum_k E[v_k] = grad f`` for uneven shards.
+  """``w_k = K n_k / n`` so that ``(1/K) sum_k E[v_k] = grad f`` for uneven shards.
 
   n is ``num_rows`` if given, else the one ``refresh`` stored (variance reduction only: the
   no-VR variants are never refreshed, so they need ``num_rows``). Before any refresh the stored
@@ -255,14 +230,115 @@ def _check_lr(learning_rate):
     raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
 
 
+def _delay_trace(delay_schedule: str, delay_trace, max_delay: int) -> np.ndarray:
+  """The int32 [T, W] replayed delays of ``delay_schedule="trace"`` (validated), else [1, 1] zeros."""
+  if delay_schedule != "trace":
+    return np.zeros((1, 1), np.int32)
+  if delay_trace is None:
+    raise ValueError("delay_schedule='trace' needs delay_trace, an int array [T, workers]")
+  trace = np.asarray(delay_trace)
+  if trace.ndim != 2 or trace.size == 0 or not np.issubdtype(trace.dtype, np.integer):
+    raise ValueError(f"delay_trace must be a non-empty 2-D integer array, got shape {trace.shape}")
+  if trace.min() < 0 or trace.max() > max_delay:
+    raise ValueError(f"delay_trace values must lie in [0, max_delay={max_delay}], "
+                     f"got [{trace.min()}, {trace.max()}]")
+  return trace.astype(np.int32)
+
+
+def _check_options(learning_rate, prox, max_delay, delay_schedule, relaxation, server, tap_prox) -> None:
+  """Refuses a bad constructor argument by name (the constructor's only validation)."""
+  _check_lr(learning_rate)
+  if not is_prox(prox):
+    raise ValueError(f"prox must be a proximal operator with __call__(z, step) and value(x) "
+                     f"(e.g. vr_prox.prox_l1(1e-3)); got {prox!r}")
+  if isinstance(max_delay, bool) or not isinstance(max_delay, (int, np.integer)) or max_delay < 0:
+    raise ValueError(f"max_delay must be an integer >= 0, got {max_delay!r}")
+  if delay_schedule not in SCHEDULES:
+    raise ValueError(f"unknown delay_schedule {delay_schedule!r}; allowed: {', '.join(SCHEDULES)}")
+  if server not in SERVERS:
+    raise ValueError(f"unknown server {server!r}; allowed: {', '.join(SERVERS)}")
+  if tap_prox not in TAP_PROXES:
+    raise ValueError(f"unknown tap_prox {tap_prox!r}; allowed: {', '.join(TAP_PROXES)}")
+  if isinstance(relaxation, str):
+    if relaxation != "auto":
+      raise ValueError(f"relaxation must be a number in (0, 1] or 'auto', got {relaxation!r}")
+  elif isinstance(relaxation, (int, float, np.floating)) and not 0 < relaxation <= 1:
+    raise ValueError(f"relaxation must be in (0, 1], got {relaxation}")
+
+
+def _init_state(params, max_delay: int, schedule: np.ndarray, trace: np.ndarray, seed: int) -> DapSvrgState:
+  """Fresh state: snapshot = params, mu~ = 0, n = 0 (``refresh`` sets them), every version = params."""
+  dtype = jax.tree.leaves(params)[0].dtype
+  return DapSvrgState(
+      count=jnp.zeros([], jnp.int32), inner=jnp.zeros([], jnp.int32), head=jnp.zeros([], jnp.int32),
+      snapshot=jax.tree.map(jnp.asarray, params), full_grad=optax.tree.zeros_like(params),
+      num_rows=jnp.zeros([], dtype),
+      history=jax.tree.map(lambda p: jnp.broadcast_to(p, (max_delay + 1,) + jnp.shape(p)), params),
+      key=jax.random.PRNGKey(seed), schedule=jnp.asarray(schedule), trace=jnp.asarray(trace))
+
+
+# ----------------------------------------------------------------------------- one round, as in [HGH] Alg. 1
+def variance_reduced_gradient(g_read, g_snap, full_grad, weight):
+  """``v = w (grad f_i(x_hat) - grad f_i(x~)) + mu~`` ([XZ] eq. 3, with the shard weight w_k);
+  ``g_snap=None`` (no variance reduction, [LXZL]) gives ``v = w grad f_i(x_hat)``."""
+  if g_snap is None:
+    return jax.tree.map(lambda g: weight * g, g_read)
+  return jax.tree.map(lambda g, s, mu: weight * (g - s) + mu, g_read, g_snap, full_grad)
+
+
+def worker_delta(prox, x_hat, v, lr):
+  """The worker's message of [HGH] Alg. 1: ``Delta = prox_{gh}(x_hat - g v) - x_hat`` (worker-side prox)."""
+  u = prox(jax.tree.map(lambda x, g: x - lr * g, x_hat, v), lr)
+  return jax.tree.map(lambda a, b: a - b, u, x_hat)
+
+
+def server_add(delta, params, theta, axis_name):
+  """The DAP server ([HGH] Alg. 1): the update ``theta * sum_k Delta_k`` (one psum; an add only)."""
+  return jax.tree.map(lambda d, p: (theta * d).astype(p.dtype), psum(delta, axis_name), params)
+
+
+def server_prox(v, params, prox, lr, state: DapSvrgState, axis_name, tap_prox: str):
+  """The TAP server ([MCW]): all_gather of the K ``v_k``, then ``x <- prox_{gh}(x - g v_{pi(j)})`` for
+  the K arrivals in a seeded order pi (``per_update``), or ``x <- prox_{K g h}(x - g sum_j v_j)``
+  (``per_round``: K summed steps take one prox of K*g*h, whose fixed point minimizes f + h).
+  Returns the update ``x+ - x``."""
+  num_workers = axis_size(axis_name)
+  all_v = all_gather(v, axis_name)
+  if tap_prox == "per_round":
+    total = jax.tree.map(lambda g: jnp.sum(g, 0), all_v)
+    new = prox(jax.tree.map(lambda x, g: x - lr * g, params, total), num_workers * lr)
+  else:
+    order = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(state.key, 1), state.count), num_workers)
+
+    def arrive(j, x):
+      g = jax.tree.map(lambda a: a[order[j]], all_v)
+      return prox(jax.tree.map(lambda p, gj: p - lr * gj, x, g), lr)
+
+    new = lax.fori_loop(0, num_workers, arrive, params) if num_workers > 1 else arrive(0, params)
+  return jax.tree.map(lambda a, p: (a - p).astype(p.dtype), new, params)
+
+
+def _advance(state: DapSvrgState, max_delay: int) -> DapSvrgState:
+  """Next round: counts + 1; ``head`` moves to the next version's slot (filled when it is passed in)."""
+  head = (state.head + 1) % (max_delay + 1)
+  return state._replace(count=optax.safe_increment(state.count), inner=optax.safe_increment(state.inner),
+                        head=head.astype(jnp.int32))
+
+
+def _theta(relaxation, axis_name, max_delay: int):
+  """DAP's server weight: ``relaxation``, or 1 / (K (D + 1)) for ``"auto"``."""
+  return 1.0 / (axis_size(axis_name) * (max_delay + 1)) if relaxation == "auto" else relaxation
+
+
 def dap_svrg(learning_rate, prox, *, axis_name: str | None = "data", max_delay: int = 0,
-             delay_schedule: str = "uniform", delay_trace=None, model: str = "round",
+             delay_schedule: str = "uniform", delay_trace=None,
              relaxation: float | str = 1.0, server: str = "add", tap_prox: str = "per_update",
              variance_reduction: bool = True, seed: int = 0) -> optax.GradientTransformationExtraArgs:
   """Decoupled asynchronous proximal SVRG ([HGH] Alg. 1) in the round model (module docstring).
 
   The prox step needs the step size inside the transformation, so this returns the complete
   update ``x+ - x`` (no separate ``scale_by_learning_rate``): ``optax.apply_updates`` adds it.
+  (The serial model of update-level staleness is ``vr_prox.serial_epoch``.)
 
   Args:
     learning_rate: step gamma (> 0), or a schedule of the round count.
@@ -274,14 +350,14 @@ def dap_svrg(learning_rate, prox, *, axis_name: str | None = "data", max_delay: 
     delay_schedule: ``uniform`` (d ~ U{0..D}, seeded per round and worker), ``fixed`` (d = D),
       ``cyclic`` (worker k uses k mod (D+1)), ``trace`` (replay ``delay_trace[round % T, k]``).
     delay_trace: int array [T, W] of delays for ``trace`` (values <= max_delay).
-    model: ``"round"``. (The serial model is ``vr_prox.serial_epoch``.)
     relaxation: server weight theta in (0, 1] of DAP (1 = the paper), or ``"auto"`` =
-      1 / (K (D + 1)), which keeps the dead-zone recursion stable (spec §2.5); the smooth part
-      then moves with step theta*gamma, so scale gamma up by 1/theta.
+      1 / (K (D + 1)), which keeps the dead-zone recursion ``x_{t+1} = x_t - theta x_{t-tau}``
+      stable (module docstring); the smooth part then moves with step theta*gamma, so scale
+      gamma up by 1/theta.
     server: ``"add"`` (DAP: workers prox, server adds) or ``"prox"`` (TAP: server prox).
     tap_prox: TAP only: ``"per_update"`` (one prox per arrival, seeded order) or
       ``"per_round"`` (the authors' grouped server: one prox of K*gamma*h after the K summed
-      steps, ``prox_{K g h}(x - g sum_j v_j)``, spec §4.1a).
+      steps, ``prox_{K g h}(x - g sum_j v_j)``).
     variance_reduction: False gives DAP-SGD / TAP-SGD ([LXZL]).
     seed: seed of the delay and arrival-order draws.
 
@@ -293,101 +369,32 @@ def dap_svrg(learning_rate, prox, *, axis_name: str | None = "data", max_delay: 
     stored by ``refresh`` with variance reduction and is required without it). No
     ``local_count`` = equal shards, w_k = 1.
   """
-  _check_lr(learning_rate)
-  if not is_prox(prox):
-    raise ValueError(f"prox must be a proximal operator with __call__(z, step) and value(x) "
-                     f"(e.g. vr_prox.prox_l1(1e-3)); got {prox!r}")
-  if isinstance(max_delay, bool) or not isinstance(max_delay, (int, np.integer)) or max_delay < 0:
-    raise ValueError(f"max_delay must be an integer >= 0, got {max_delay!r}")
+  _check_options(learning_rate, prox, max_delay, delay_schedule, relaxation, server, tap_prox)
   max_delay = int(max_delay)
-  if delay_schedule not in SCHEDULES:
-    raise ValueError(f"unknown delay_schedule {delay_schedule!r}; allowed: {', '.join(SCHEDULES)}")
-  if delay_schedule == "trace":
-    if delay_trace is None:
-      raise ValueError("delay_schedule='trace' needs delay_trace, an int array [T, workers]")
-    trace = np.asarray(delay_trace)
-    if trace.ndim != 2 or trace.size == 0 or not np.issubdtype(trace.dtype, np.integer):
-      raise ValueError(f"delay_trace must be a non-empty 2-D integer array, got shape {trace.shape}")
-    if trace.min() < 0 or trace.max() > max_delay:
-      raise ValueError(f"delay_trace values must lie in [0, max_delay={max_delay}], "
-                       f"got [{trace.min()}, {trace.max()}]")
-  else:
-    trace = np.zeros((1, 1), np.int32)
-  if model != "round":
-    raise ValueError(f"model {model!r}: the transformation is the 'round' model; the 'serial' model "
-                     "is vr_prox.serial_epoch")
-  if server not in SERVERS:
-    raise ValueError(f"unknown server {server!r}; allowed: {', '.join(SERVERS)}")
-  if tap_prox not in ("per_update", "per_round"):
-    raise ValueError(f"unknown tap_prox {tap_prox!r}; allowed: per_update, per_round")
-  if isinstance(relaxation, str):
-    if relaxation != "auto":
-      raise ValueError(f"relaxation must be a number in (0, 1] or 'auto', got {relaxation!r}")
-  elif isinstance(relaxation, (int, float, np.floating)) and not 0 < relaxation <= 1:
-    raise ValueError(f"relaxation must be in (0, 1], got {relaxation}")
+  trace = _delay_trace(delay_schedule, delay_trace, max_delay)
   schedule = np.asarray([_SCHEDULE_ID[delay_schedule], max_delay], np.int32)
-  trace = trace.astype(np.int32)
 
   def init_fn(params):
-    dtype = jax.tree.leaves(params)[0].dtype
-    return DapSvrgState(
-        count=jnp.zeros([], jnp.int32), inner=jnp.zeros([], jnp.int32), head=jnp.zeros([], jnp.int32),
-        snapshot=jax.tree.map(jnp.asarray, params), full_grad=optax.tree.zeros_like(params),
-        num_rows=jnp.zeros([], dtype),
-        history=jax.tree.map(lambda p: jnp.broadcast_to(p, (max_delay + 1,) + jnp.shape(p)), params),
-        key=jax.random.PRNGKey(seed), schedule=jnp.asarray(schedule), trace=jnp.asarray(trace))
+    return _init_state(params, max_delay, schedule, trace, seed)
 
   def update_fn(updates, state, params=None, *, snapshot_grads=None, local_count=None, num_rows=None,
                 **extra):
     del extra
     if params is None:
       raise ValueError("dap_svrg.update needs params (the current server version)")
-    num_workers = _num_workers(axis_name)
+    if variance_reduction and snapshot_grads is None:
+      raise ValueError("dap_svrg with variance reduction needs the extra arg snapshot_grads "
+                       "(gradient of the same minibatch at state.snapshot)")
     lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
-    weight = _shard_weight(state, local_count, num_rows, num_workers, variance_reduction)
-    if variance_reduction:
-      if snapshot_grads is None:
-        raise ValueError("dap_svrg with variance reduction needs the extra arg snapshot_grads "
-                         "(gradient of the same minibatch at state.snapshot)")
-      v = jax.tree.map(lambda g, s, mu: weight * (g - s) + mu, updates, snapshot_grads, state.full_grad)
-    else:
-      v = jax.tree.map(lambda g: weight * g, updates)
+    weight = _shard_weight(state, local_count, num_rows, axis_size(axis_name), variance_reduction)
+    v = variance_reduced_gradient(updates, snapshot_grads if variance_reduction else None, state.full_grad, weight)
     state = _record(state, params)   # the real current version, whatever ran after us last round
-    x_hat = _read(state, axis_name)
-
     if server == "add":
-      if relaxation == "auto":
-        theta = 1.0 / (num_workers * (max_delay + 1))
-      else:
-        theta = relaxation
-      u = prox(jax.tree.map(lambda x, g: x - lr * g, x_hat, v), lr)
-      delta = jax.tree.map(lambda a, b: a - b, u, x_hat)
-      if axis_name is not None:
-        delta = lax.psum(delta, axis_name)
-      out = jax.tree.map(lambda d, p: (theta * d).astype(p.dtype), delta, params)
+      delta = worker_delta(prox, _read(state, axis_name), v, lr)
+      out = server_add(delta, params, _theta(relaxation, axis_name, max_delay), axis_name)
     else:
-      if axis_name is not None:
-        all_v = lax.all_gather(v, axis_name, to="invarying")
-      else:
-        all_v = jax.tree.map(lambda g: g[None], v)
-      if tap_prox == "per_round":  # K summed steps, one prox of K*lr*h (spec §4.1a)
-        total = jax.tree.map(lambda g: jnp.sum(g, 0), all_v)
-        new = prox(jax.tree.map(lambda x, g: x - lr * g, params, total), num_workers * lr)
-      else:
-        order_key = jax.random.fold_in(jax.random.fold_in(state.key, 1), state.count)
-        order = jax.random.permutation(order_key, num_workers)
-
-        def arrive(j, x):
-          g = jax.tree.map(lambda a: a[order[j]], all_v)
-          return prox(jax.tree.map(lambda p, gj: p - lr * gj, x, g), lr)
-
-        new = lax.fori_loop(0, num_workers, arrive, params) if num_workers > 1 else arrive(0, params)
-      out = jax.tree.map(lambda a, p: (a - p).astype(p.dtype), new, params)
-
-    head = (state.head + 1) % (max_delay + 1)   # the next version's slot, filled when it is passed in
-    state = state._replace(count=optax.safe_increment(state.count), inner=optax.safe_increment(state.inner),
-                           head=head.astype(jnp.int32))
-    return out, state
+      out = server_prox(v, params, prox, lr, state, axis_name, tap_prox)
+    return out, _advance(state, max_delay)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

@@ -6,6 +6,12 @@ i.i.d. uniformly from its valid rows, differentiates at its stale read and at th
 calls the transformation (one psum for DAP, one all_gather for TAP) with its row count n_k and
 the global n, so uneven shards get the weights ``K n_k / n`` with and without variance
 reduction (without it, n costs one scalar psum per epoch).
+
+References:
+  [HGH] Z. Huo, B. Gu, H. Huang, *Decoupled Asynchronous Proximal Stochastic Gradient Descent
+        with Variance Reduction*, arXiv:1609.06804 (DAP-SVRG, Alg. 1).
+  [XZ]  L. Xiao, T. Zhang, *A Proximal Stochastic Gradient Method with Progressive Variance
+        Reduction*, SIAM J. Optim. 24(4):2057-2075, 2014 (ProxSVRG, Alg. 1 and Theorem 3.1).
 """
 from __future__ import annotations
 
@@ -16,7 +22,8 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from vr_prox._dap import full_gradient, global_count, read_params, refresh, to_varying
+from vr_prox._dap import full_gradient, global_count, read_params, refresh
+from vr_prox.axis import axis_index, to_varying
 
 
 def sample_indices(key, round_index, worker, batch_size: int, local_count):
@@ -62,7 +69,7 @@ def epoch_fn(example_loss_fn: Callable, tx: optax.GradientTransformationExtraArg
     else:  # the shard weights K n_k / n need n also without a snapshot (one scalar psum)
       n = global_count(mask, axis_name, jax.tree.leaves(params)[0].dtype)
     local_count = jnp.sum(mask).astype(jnp.int32)
-    worker = lax.axis_index(axis_name) if axis_name is not None else 0
+    worker = axis_index(axis_name)
 
     def one_round(carry, _):
       params, state, total = carry

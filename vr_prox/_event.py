@@ -1,4 +1,4 @@
-"""Event model (spec §4.1c): a seeded host-side discrete-event simulation of a parameter server.
+"""Event model: a seeded host-side discrete-event simulation of a parameter server.
 
 K workers repeatedly read the current server version, compute for a random time, and send a
 message; the server serves messages one at a time in arrival order (service time
@@ -7,8 +7,13 @@ version, which the worker reads at once. The output, per server update t, is the
 delay ``t - version read`` and the simulated completion time; ``vr_prox.serial_epoch`` replays
 it (``worker_trace=..., delay_schedule="trace", delay_trace=...``) so the arithmetic is
 deterministic and the clock is simulated. Homogeneous deterministic workers give round-robin
-arrivals with fixed delay K - 1 (the DAP stall of spec §2.5); heterogeneous or random compute
-times give varying delays.
+arrivals with fixed delay K - 1 (the DAP stall: the dead-zone recursion ``x_{t+1} = x_t - x_{t-tau}``
+of ``vr_prox/_dap.py``); heterogeneous or random compute times give varying delays.
+
+References:
+  Z. Huo, B. Gu, H. Huang, *Decoupled Asynchronous Proximal Stochastic Gradient Descent with
+  Variance Reduction*, arXiv:1609.06804 (the parameter server of DAP-SVRG: one server, K workers,
+  messages served one at a time).
 """
 from __future__ import annotations
 

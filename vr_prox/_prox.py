@@ -9,10 +9,15 @@ An optional ``mask`` (a pytree of bools with the structure of the params, or a c
 ``params -> bool tree``, as in ``optax.masked``) restricts the regularizer to the leaves marked
 True (e.g. to leave biases unregularized); unmarked leaves get the identity prox and value 0.
 
-Closed forms: Parikh & Boyd, *Proximal Algorithms*, Found. Trends Optim. 1(3), 2014, §6.5
-(l1, elastic net), §6.5.4 (group lasso); sparse group lasso: Simon, Friedman, Hastie, Tibshirani,
-*A sparse-group lasso*, J. Comput. Graph. Stat. 22(2), 2013 (prox = group shrink of the
-soft-threshold, since the l1 and group terms share the separable structure).
+Elastic net: ``prox = soft(z, step*l1) / (1 + step*l2)`` (soft-threshold first, then shrink);
+sparse group lasso: the group shrink of the soft-threshold (the l1 and group terms share the
+separable structure).
+
+References:
+  N. Parikh, S. Boyd, *Proximal Algorithms*, Found. Trends Optim. 1(3), 2014, §6.5 (l1, elastic
+  net), §6.5.4 (group lasso).
+  N. Simon, J. Friedman, T. Hastie, R. Tibshirani, *A sparse-group lasso*, J. Comput. Graph.
+  Stat. 22(2), 2013 (sparse group lasso).
 """
 from __future__ import annotations
 

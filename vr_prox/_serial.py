@@ -9,11 +9,19 @@ versions, drew a minibatch from its own shard, and sent
   * TAP ([MCW]): ``v``; the server does ``x <- prox(x - g v)``.
 
 Unlike the round model, a delay of 0 is possible for every update, so this is the model for
-the dead-zone analysis of spec §2.5 (fixed delay tau: ``x_{t+1} = x_t - x_{t-tau}`` on zero
-coordinates, unstable for tau >= 2; uniform delays converge).
+the dead-zone analysis (fixed delay tau: ``x_{t+1} = x_t - x_{t-tau}`` on zero coordinates,
+unstable for tau >= 2 [LM]; uniform delays converge).
 
 This is a simulation of the arrival sequence on one device (no collectives); in an SPMD
 program every device would ``all_gather`` the K minibatches and run the same scan.
+
+References:
+  [HGH] Z. Huo, B. Gu, H. Huang, *Decoupled Asynchronous Proximal Stochastic Gradient Descent
+        with Variance Reduction*, arXiv:1609.06804 (DAP-SVRG, Alg. 1).
+  [MCW] Q. Meng et al., *Asynchronous Stochastic Proximal Optimization Algorithms with Variance
+        Reduction*, AAAI 2017, arXiv:1609.08435 (TAP / Async-ProxSVRG).
+  [LM]  S. A. Levin, R. M. May, *A note on difference-delay equations*, Theor. Popul. Biol. 9(2),
+        1976 (stability of x_{t+1} = x_t - theta x_{t-tau}).
 """
 from __future__ import annotations
 

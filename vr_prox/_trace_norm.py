@@ -1,15 +1,21 @@
 """Trace-norm (nuclear-norm) proximal operator for matrix parameters.
 
 ``h(W) = lam * ||W||_*`` (sum of singular values). Its prox is singular-value soft-thresholding
-(Cai, Candes, Shen, *A singular value thresholding algorithm for matrix completion*, SIAM J.
-Optim. 20(4), 2010, Thm. 2.1; Parikh & Boyd, *Proximal Algorithms*, 2014, §6.7.3):
+([CCS] Thm. 2.1; [PB] §6.7.3):
 
     prox_{step*h}(Z) = U diag(max(s - step*lam, 0)) V^T,   Z = U diag(s) V^T.
 
-This is the expensive server-side prox that motivates DAP-SVRG (Huo, Gu, Huang,
-arXiv:1609.06804, §1: the TAP server evaluates one prox per update, an SVD for the trace norm;
-DAP moves it to the workers). Matrix leaves only (``ndim == 2``); other leaves must be masked
-out (e.g. biases), or the operator refuses them by name.
+This is the expensive server-side prox that motivates DAP-SVRG ([HGH] §1: the TAP server
+evaluates one prox per update, an SVD for the trace norm; DAP moves it to the workers). Matrix
+leaves only (``ndim == 2``); other leaves must be masked out (e.g. biases), or the operator
+refuses them by name.
+
+References:
+  [CCS] J.-F. Cai, E. J. Candes, Z. Shen, *A singular value thresholding algorithm for matrix
+        completion*, SIAM J. Optim. 20(4), 2010.
+  [PB]  N. Parikh, S. Boyd, *Proximal Algorithms*, Found. Trends Optim. 1(3), 2014.
+  [HGH] Z. Huo, B. Gu, H. Huang, *Decoupled Asynchronous Proximal Stochastic Gradient Descent
+        with Variance Reduction*, arXiv:1609.06804.
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ from vr_prox._prox import _check_nonneg, _mask_tree, soft_threshold
 
 
 def svd_soft_threshold(z, t):
-  """``U diag(max(s - t, 0)) V^T`` of a matrix ``z`` (Cai-Candes-Shen Thm. 2.1)."""
+  """``U diag(max(s - t, 0)) V^T`` of a matrix ``z`` ([CCS] Thm. 2.1)."""
   u, s, vt = jnp.linalg.svd(z, full_matrices=False)
   return (u * soft_threshold(s, t)) @ vt
 
