@@ -174,7 +174,7 @@ class GCWorker:
     """{worker, step, packed | values, scale, clipped, compute_s, delay_s} after the injected delay."""
     import jax
     spec = self.spec
-    if self.worker == spec.kill_worker and step >= spec.kill_at_step:
+    if self.worker == spec.kill_worker and step + 1 >= spec.kill_at_step:   # logged steps count from 1
       os._exit(1)   # injected fault: the process dies as a crashed machine would
     t0 = time.perf_counter()
     packed, values, scale, clipped = jax.device_get(self.message(w, step))
@@ -250,13 +250,13 @@ def _collect(spec, refs, live, lost, step, t_start, log):
     except _actor_error():
       live.remove(k)
       wall = time.perf_counter() - t_start
-      lost.append({"worker": k, "step": step, "wall_time": wall})
-      log(f"worker {k} lost at step {step} ({wall:.1f} s); a permanent straggler from now on, "
+      lost.append({"worker": k, "step": step + 1, "wall_time": wall})
+      log(f"worker {k} lost at step {step + 1} ({wall:.1f} s); a permanent straggler from now on, "
           f"{len(live)} live: {sorted(live)}")
       if not live:
-        raise RuntimeError(f"all workers lost by step {step}; nothing can make progress")
+        raise RuntimeError(f"all workers lost by step {step + 1}; nothing can make progress")
   if spec.wait != "deadline" and len(got) < _need(spec, live):
-    raise TimeoutError(f"step {step}: worker(s) {sorted(pending.values())} did not answer within "
+    raise TimeoutError(f"step {step + 1}: worker(s) {sorted(pending.values())} did not answer within "
                        f"{spec.step_timeout_s:g} s (config.step_timeout_s)")
   return got
 
@@ -274,16 +274,34 @@ def run(spec: GCSpec, *, on_step: Callable[[dict, np.ndarray], None] | None = No
   (``ps.start_ray``); wall_time in the records counts from when every worker is up and compiled.
   ``on_step(record, w)`` after each step."""
   import ray
-  from benchmarks.sign1bit import D, LAM
+  from benchmarks.sign1bit import LAM
+  from common.async_ray.ps import _actor_error
   on_step = on_step or (lambda record, w: None)
   xs, ys, x_test, y_test = load_digits(spec)
   x_all, y_all = xs.reshape(-1, xs.shape[-1]), ys.reshape(-1)
   decoder = Decoder(spec)
   t0 = time.perf_counter()
   workers = _start_workers(spec, xs, ys)
-  ray.get([w.ready.remote() for w in workers.values()], timeout=spec.step_timeout_s + 120)
+  try:
+    ray.get([w.ready.remote() for w in workers.values()], timeout=spec.step_timeout_s + 120)
+  except (ray.exceptions.GetTimeoutError, *_actor_error()) as e:
+    raise RuntimeError(f"the {spec.num_workers} worker actors did not start within "
+                       f"{spec.step_timeout_s + 120:g} s (config.step_timeout_s + 120): {type(e).__name__}") from None
   startup_s = time.perf_counter() - t0
   log(f"{spec.num_workers} {spec.method} workers up in {startup_s:.1f} s")
+  try:
+    w, records, lost = _train(spec, workers, decoder, x_all, y_all, on_step, log)
+  finally:
+    for actor in workers.values():   # also ends the sleeping threads of dropped late steps
+      ray.kill(actor)
+  return {"w": w, "records": records, "lost": lost, "startup_s": startup_s,
+          "test_accuracy": objective_np(w, x_test, y_test, LAM)[1]}
+
+
+def _train(spec, workers, decoder, x_all, y_all, on_step, log):
+  """The step loop of ``run``: broadcast, collect, decode, log; returns (w, records, lost)."""
+  import ray
+  from benchmarks.sign1bit import D, LAM
   w = np.zeros(D, np.float32)
   live, lost, records = set(workers), [], []
   cum_bits = cum_bytes = 0
@@ -307,8 +325,7 @@ def run(spec: GCSpec, *, on_step: Callable[[dict, np.ndarray], None] | None = No
       raise RuntimeError(f"step {step + 1}: the loss is {loss} (lr {spec.lr} too large for {spec.method})")
     if spec.target_loss > 0 and loss <= spec.target_loss:
       break
-  return {"w": w, "records": records, "lost": lost, "startup_s": startup_s,
-          "test_accuracy": objective_np(w, x_test, y_test, LAM)[1]}
+  return w, records, lost
 
 
 def time_to_target(records, target: float):

@@ -70,12 +70,16 @@ def start_ray(num_cpus: int, address: str | None = None, connect_timeout_s: floa
     ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False,
              runtime_env=_runtime_env())
     return True
-  try:
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, configure_logging=False,
-             log_to_driver=False, object_store_memory=100 * 1024 * 1024, _node_ip_address="127.0.0.1",
-             runtime_env=_runtime_env())
-  except Exception as e:  # noqa: BLE001 -- ray.init raises a bare Exception when its raylet/GCS time out
-    raise RayStartError(f"the private local Ray node did not start: {str(e).splitlines()[0]}") from None
+  for attempt in range(1, 3):   # Ray waits a fixed 30 s for its raylet; an overloaded machine may need two tries
+    try:
+      ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, configure_logging=False,
+               log_to_driver=False, object_store_memory=100 * 1024 * 1024, _node_ip_address="127.0.0.1",
+               runtime_env=_runtime_env())
+      return True
+    except Exception as e:  # noqa: BLE001 -- ray.init raises a bare Exception when its raylet/GCS time out
+      ray.shutdown()
+      if attempt == 2:
+        raise RayStartError(f"the private local Ray node did not start (2 tries): {str(e).splitlines()[0]}") from None
   return True
 
 
