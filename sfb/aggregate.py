@@ -17,6 +17,13 @@ on them raises, naming the fix), so a transformation before it fails instead of 
 gradient Σ u vᵀ by the square of its factor. Gradient accumulation goes after it:
 ``optax.chain(scale_by_sfb(axis), optax.MultiSteps(inner, k).gradient_transformation())`` sends
 the factors every micro-step and averages the k exact mean gradients.
+
+References:
+  Xie, Kim, Zhou, Ho, Kumar, Yu, Xing, `Distributed Machine Learning via Sufficient Factor
+  Broadcasting <https://arxiv.org/abs/1511.08486>`_, 2015
+
+  Zhang et al., `Poseidon: An Efficient Communication Architecture for Distributed Deep Learning
+  on GPU Clusters <https://arxiv.org/abs/1706.03292>`_, USENIX ATC 2017
 """
 from __future__ import annotations
 
@@ -29,14 +36,8 @@ import numpy as np
 import optax
 from jax import lax
 
-from sfb.factors import FromFactors, SufficientFactors, is_factor_leaf, reconstruct, varying_axes
-
-
-def _varying(x, axis_name):
-  """``x`` typed as varying over ``axis_name`` (collectives below expect per-device values)."""
-  if axis_name in varying_axes(x):
-    return x
-  return lax.pcast(x, axis_name, to="varying")
+from sfb import axis
+from sfb.factors import FromFactors, SufficientFactors, is_factor_leaf, reconstruct
 
 
 def gather_group(group: list[SufficientFactors], axis_name: str | None) -> list[SufficientFactors]:
@@ -49,7 +50,7 @@ def gather_group(group: list[SufficientFactors], axis_name: str | None) -> list[
   if axis_name is None:
     return list(group)
   gather = lambda x: lax.all_gather(x, axis_name, tiled=True, to="invarying")
-  parts = [_varying(x, axis_name) for x in [f.u for f in group] + [group[0].v]]
+  parts = [axis.to_varying(x, axis_name) for x in [f.u for f in group] + [group[0].v]]
   if len({x.dtype for x in parts}) == 1:
     cuts = np.cumsum([x.shape[1] for x in parts])[:-1]
     gathered = jnp.split(gather(jnp.concatenate(parts, axis=1)), cuts, axis=1)
@@ -75,7 +76,7 @@ def _gather_all(leaves: dict[int, SufficientFactors], axis_name) -> dict[int, Su
 
 
 def _mean_over_devices(x, axis_name):
-  return x if axis_name is None else lax.pmean(_varying(x, axis_name), axis_name)
+  return x if axis_name is None else lax.pmean(axis.to_varying(x, axis_name), axis_name)
 
 
 def _plus_extra(mean_f32, extra, axis_name, dtype):
@@ -95,7 +96,7 @@ def sfb_mean_gradient(grads: Any, axis_name: str | None, params: Any = None) -> 
   flat, treedef = jax.tree_util.tree_flatten_with_path(grads, is_leaf=is_factor_leaf)
   if params is not None:
     param_leaves = treedef.flatten_up_to(params)
-  num_devices = 1 if axis_name is None else lax.axis_size(axis_name)
+  num_devices = axis.axis_size(axis_name)
   out: list[Any] = [None] * len(flat)
   bias_from: dict[tuple, jax.Array] = {}
   factored = {i: leaf for i, (_, leaf) in enumerate(flat) if isinstance(leaf, SufficientFactors)}

@@ -20,10 +20,18 @@ Probes have the layer's output dtype (a bf16 layer stays bf16: the forward pass 
 the factors travel as bf16). A layer called inside a flax lifted transformation (``nn.remat``,
 ``nn.scan``, ``nn.vmap``, ...) cannot be factored: its input lives in that transformation's trace
 (and a loop reuses one kernel), so it is refused by name and ``sfb.plan`` leaves it dense.
+
+References:
+  Xie, Kim, Zhou, Ho, Kumar, Yu, Xing, `Distributed Machine Learning via Sufficient Factor
+  Broadcasting <https://arxiv.org/abs/1511.08486>`_, 2015
+
+  Zhang et al., `Poseidon: An Efficient Communication Architecture for Distributed Deep Learning
+  on GPU Clusters <https://arxiv.org/abs/1706.03292>`_, USENIX ATC 2017
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -31,8 +39,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from sfb import axis
 from sfb.contraction import MATRIX_LAYERS, Contraction, contraction
-from sfb.factors import FromFactors, SufficientFactors, varying_axes
+from sfb.factors import FromFactors, SufficientFactors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +151,7 @@ def module_calls(loss_fn: Callable, params, *args) -> list[ModuleCall]:
 def _vma(tree) -> tuple[str, ...]:
   axes: set[str] = set()
   for leaf in jax.tree.leaves(tree):
-    axes |= varying_axes(leaf) if isinstance(leaf, jax.Array) else set()
+    axes |= axis.varying_axes(leaf) if isinstance(leaf, jax.Array) else set()
   return tuple(sorted(axes))
 
 
@@ -202,13 +211,8 @@ def _probed_gradients(loss_fn, selected, calls, params, args):
   ``used`` holds the ``(path, "kernel" | "bias")`` of selected parameters that the loss also uses
   outside their Dense call; their entry in ``grads`` is that use's gradient.
   """
-  vma = _vma((params, args))
-
-  def zero_probe(c):
-    z = jnp.zeros(c.out_shape, c.out_dtype)
-    return lax.pcast(z, vma, to="varying") if vma else z
-
-  probes = [zero_probe(c) for c in calls]
+  vma = _vma((params, args))   # each probe varies where the layer's output does
+  probes = [functools.reduce(axis.to_varying, vma, jnp.zeros(c.out_shape, c.out_dtype)) for c in calls]
   used: set = set()
 
   def spied(params):
@@ -303,8 +307,7 @@ def factored_value_and_grad(loss_fn: Callable[..., jax.Array], layers, *,
   selected = {tuple(p) for p in selected}
 
   def fn(params, *args):
-    if axis_name is not None and axis_name not in _vma(params):
-      params = lax.pcast(params, axis_name, to="varying")
+    params = axis.to_varying(params, axis_name)
     calls = [c for c in module_calls(loss_fn, params, *args) if c.path in selected]
     found = {c.path for c in calls}
     for path in selected:

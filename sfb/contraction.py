@@ -15,6 +15,13 @@ kernels). Forms that are not one such contraction are refused with the reason: `
 ``DenseGeneral``, an einsum label shared by input, kernel and output (a batched matmul: one kernel
 slice per index), a label summed away on one operand only, a repeated label, and a custom
 ``dot_general`` (e.g. quantized), whose gradient is not ``Σ u vᵀ``.
+
+References:
+  Xie, Kim, Zhou, Ho, Kumar, Yu, Xing, `Distributed Machine Learning via Sufficient Factor
+  Broadcasting <https://arxiv.org/abs/1511.08486>`_, 2015
+
+  Zhang et al., `Poseidon: An Efficient Communication Architecture for Distributed Deep Learning
+  on GPU Clusters <https://arxiv.org/abs/1706.03292>`_, USENIX ATC 2017
 """
 from __future__ import annotations
 

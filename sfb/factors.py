@@ -7,6 +7,10 @@ Sec. 2: for a matrix-parameterized model with per-sample loss ``f_i(W a_i)``, ``
 
 so a minibatch's gradient is ``Σ_i u_i v_iᵀ = Uᵀ V`` with ``U`` (rows × J) and ``V`` (rows × D).
 The pair (U, V) replaces the J·D gradient on the wire; it is exact, not an approximation.
+
+References:
+  Xie, Kim, Zhou, Ho, Kumar, Yu, Xing, `Distributed Machine Learning via Sufficient Factor
+  Broadcasting <https://arxiv.org/abs/1511.08486>`_, 2015
 """
 from __future__ import annotations
 
@@ -142,15 +146,6 @@ class FromFactors(_FactoredGradient):
   """
   extra: jax.Array | None = None
   bias_shape: tuple[int, ...] | None = None
-
-
-def varying_axes(x) -> frozenset:
-  """Mesh axes over which ``x`` is device-varying (empty outside ``shard_map``)."""
-  aval = jax.typeof(x)
-  mat = getattr(aval, "mat", None)
-  if mat is not None:
-    return frozenset(mat.varying)
-  return frozenset(getattr(aval, "vma", ()))
 
 
 def is_factor_leaf(x) -> bool:

@@ -1,12 +1,16 @@
 """Closed-form sufficient factors of the paper's matrix-parameterized models.
 
 Xie et al., "Distributed Machine Learning via Sufficient Factor Broadcasting" (arXiv 1511.08486),
-Sec. 2 (Table 1 of sfb.md): for ``min_W (1/N) Σ_i f_i(W a_i) + h(W)`` the minibatch gradient is
+Sec. 2: for ``min_W (1/N) Σ_i f_i(W a_i) + h(W)`` the minibatch gradient is
 ``Σ_i u_i v_iᵀ``. Every function here takes the parameter in the paper's layout (rows of W are the
 outputs), a LOCAL minibatch, and returns ``(loss, SufficientFactors(u, v, "paper"))`` where the loss
 is the mean over the given rows and ``u`` is already divided by the row count, so
 ``reconstruct(factors) == jax.grad(loss)``. Regularizers and constraints are applied locally after
 the exchange (``project_*`` below, or optax's ``add_decayed_weights``).
+
+References:
+  Xie, Kim, Zhou, Ho, Kumar, Yu, Xing, `Distributed Machine Learning via Sufficient Factor
+  Broadcasting <https://arxiv.org/abs/1511.08486>`_, 2015
 """
 from __future__ import annotations
 
@@ -102,7 +106,7 @@ def project(projection) -> optax.GradientTransformation:
 
   Place it last in a chain, e.g. ``optax.chain(sfb.scale_by_sfb(), optax.sgd(lr),
   sfb.project(sfb.unit_columns))``; ``projection`` maps a params tree's leaves (every leaf).
-  Deterministic and applied on each replica's identical copy, so replicas stay equal (sfb.md §1).
+  Deterministic and applied on each replica's identical copy, so replicas stay equal.
   """
 
   def init_fn(params):

@@ -2,7 +2,7 @@
 
 Poseidon's hybrid communication (Zhang et al., ATC'17, Sec. 3.3, Table 1) picks per FC layer the
 cheaper of sending sufficient factors and all-reducing the gradient. For a (D → J) Dense layer
-with ``rows`` local rows per step on P devices the floats compared are (sfb.md §2.3):
+with ``rows`` local rows per step on P devices the floats compared are:
 
     rule "payload":  SFB iff  P·rows·(J + D)  <  J·D + J     (gathered factors vs psum operand)
     rule "wire":     SFB iff  P·rows·(J + D)  <  2(J·D + J)  (ring all-gather vs ring all-reduce)
@@ -31,6 +31,13 @@ written in the loss, tied weights), that use's gradient is all-reduced densely n
 (J·D, resp. J, more floats), so SFB is charged ``P·rows·(J+D) + extra`` on the left of every rule.
 Bytes: factors have the layer's output dtype (bf16 layers send bf16 factors), dense gradients the
 parameter's dtype; the rules compare bytes, which is the floats above when both are the same.
+
+References:
+  Zhang et al., `Poseidon: An Efficient Communication Architecture for Distributed Deep Learning
+  on GPU Clusters <https://arxiv.org/abs/1706.03292>`_, USENIX ATC 2017
+
+  Xie, Kim, Zhou, Ho, Kumar, Yu, Xing, `Distributed Machine Learning via Sufficient Factor
+  Broadcasting <https://arxiv.org/abs/1511.08486>`_, 2015
 """
 from __future__ import annotations
 

@@ -9,13 +9,23 @@ so changing one sample's dual block by ``Δz_i`` changes W by the rank-1 ``u v�
 ``u = Δz_i/(λN)``, ``v = a_i``: the sufficient factor. Each round every worker takes ``b``
 sequential closed-form block steps on its own rows (seeing its own pending change scaled by the
 aggregation factor σ'), all workers all-gather the P·b factor pairs, and add them to W. The
-closed forms (per class j; ``s = ‖a_i‖²``, ``q = σ' s/(λN)``; sfb.md §2.2):
+closed forms (per class j; ``s = ‖a_i‖²``, ``q = σ' s/(λN)``):
 
     squared loss ½(t − y)²:              Δz = (y − w_jᵀa − z)/(1 + q)
     squared hinge max(0, 1 − y t)²:      z = yβ,  Δβ = max(−β, (1 − y w_jᵀa − β/2)/(½ + q))
 
 σ' = P is CoCoA+'s safe "adding" bound (Ma et al. 2015); σ' = 1 (plain summation of P
 independent local steps) diverges. The duality gap ``P(W) − D(Z) ≥ 0`` certifies the optimum.
+
+References:
+  Xie, Kim, Zhou, Ho, Kumar, Yu, Xing, `Distributed Machine Learning via Sufficient Factor
+  Broadcasting <https://arxiv.org/abs/1511.08486>`_, 2015
+
+  Shalev-Shwartz, Zhang, `Stochastic Dual Coordinate Ascent Methods for Regularized Loss
+  Minimization <https://arxiv.org/abs/1209.1873>`_, JMLR 2013
+
+  Ma, Smith, Jaggi, Jordan, Richtárik, Takáč, `Adding vs. Averaging in Distributed Primal-Dual
+  Optimization <https://arxiv.org/abs/1502.03508>`_, ICML 2015
 """
 from __future__ import annotations
 
@@ -25,6 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from sfb import axis
 from sfb.aggregate import gather_factors
 from sfb.factors import SufficientFactors, reconstruct
 
@@ -50,7 +61,8 @@ def _signed_targets(y, num_classes, dtype):
 
 
 def _worker_key(key, axis_name):
-  return key if axis_name is None else jax.random.fold_in(key, lax.axis_index(axis_name))
+  """This worker's row-order key (the state's key itself with one worker)."""
+  return key if axis_name is None else jax.random.fold_in(key, axis.axis_index(axis_name))
 
 
 def sdca(loss: str = "squared_hinge", *, l2: float, num_rows: int, rows_per_round: int,
@@ -80,7 +92,7 @@ def sdca(loss: str = "squared_hinge", *, l2: float, num_rows: int, rows_per_roun
   def sigma():
     if sigma_prime is not None:
       return sigma_prime
-    return 1.0 if axis_name is None else lax.axis_size(axis_name)
+    return axis.axis_size(axis_name)
 
   def init(w, num_local_rows: int) -> SDCAState:
     return SDCAState(jnp.zeros((), jnp.int32), jnp.zeros((num_local_rows, w.shape[0]), w.dtype),
@@ -115,9 +127,7 @@ def sdca(loss: str = "squared_hinge", *, l2: float, num_rows: int, rows_per_roun
       u = dz / lam_n
       return (dw + jnp.outer(u, a), duals.at[i].add(dz)), (u, a)
 
-    dw0 = jnp.zeros_like(w)
-    if axis_name is not None:
-      dw0 = lax.pcast(dw0, axis_name, to="varying")
+    dw0 = axis.to_varying(jnp.zeros_like(w), axis_name)
     (_, duals), (u, v) = lax.scan(body, (dw0, state.duals), idx)
     factors = SufficientFactors(u, v, "paper")
     w = w + reconstruct(gather_factors(factors, axis_name), w.dtype)

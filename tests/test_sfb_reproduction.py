@@ -15,7 +15,6 @@ from sklearn.model_selection import train_test_split
 from sklearn.svm import LinearSVC
 
 import sfb
-from sfb.factors import varying_axes
 
 AXIS, P = "data", 8
 
@@ -134,7 +133,7 @@ def _stale_run(staleness, epochs=(1, 40), b=4):
   def run(params, x, y):
     params = jax.tree.map(lambda a: a[0], params)
     state = tx.init(params)
-    state = jax.tree.map(lambda a: a if AXIS in varying_axes(a) else lax.pcast(a, AXIS, to="varying"), state)
+    state = sfb.axis.to_varying(state, AXIS)
 
     def step(carry, t):
       p, s = carry

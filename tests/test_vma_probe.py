@@ -1,9 +1,12 @@
-"""The varying-axes probe of every algorithm package, checked on the pinned jax (issue 12 §4).
+"""The mesh-axis module of every algorithm package, checked on the pinned jax (issue 12 §4).
 
-Each package reads which mesh axes a traced value varies over in one small helper (jax 0.10.2 keeps
-them in ``aval.mat`` / ``aval.manual_axis_type``, later releases in ``aval.vma``). Inside
-``shard_map`` a sharded input and a ``pcast`` value vary over the axis, a replicated input and a
-``psum`` do not; outside ``shard_map`` nothing varies.
+Each package touches the mesh axis through one small module ``<package>.axis`` with the same four
+functions. ``varying_axes`` reads which mesh axes a traced value varies over (jax 0.10.2 keeps them
+in ``aval.mat`` / ``aval.manual_axis_type``, later releases in ``aval.vma``): inside ``shard_map``
+a sharded input and a ``pcast`` value vary over the axis, a replicated input and a ``psum`` do not;
+outside ``shard_map`` nothing varies. ``to_varying`` makes replicated leaves varying and leaves
+varying ones alone (a second ``pcast`` would raise); ``axis_size`` / ``axis_index`` are the
+mesh's. With ``axis_name=None`` (one worker) all three mean one worker and touch no axis.
 """
 import importlib
 
@@ -14,44 +17,31 @@ import pytest
 from jax import lax
 
 AXIS = "data"
+PACKAGES = ("dho", "sign1bit", "sfb", "vr_prox")
 
 
-def _probe(module: str, name: str):
-  try:
-    return getattr(importlib.import_module(module), name)
-  except (ImportError, AttributeError):
-    return None
-
-
-# (package, probe as "x -> frozenset of axes"); sfb and vr_prox keep theirs where they are today.
-_VR = _probe("vr_prox._dap", "_is_varying")
-PROBES = {
-    "dho": _probe("dho.axis", "varying_axes"),
-    "sign1bit": _probe("sign1bit.axis", "varying_axes"),
-    "sfb": _probe("sfb.factors", "varying_axes"),
-    "vr_prox": _probe("vr_prox.axis", "varying_axes") or (
-        (lambda x: frozenset({AXIS}) if _VR(x, AXIS) else frozenset()) if _VR else None),
-}
-
-
-def test_the_packages_of_this_change_have_a_probe():
-  assert PROBES["dho"] is not None and PROBES["sign1bit"] is not None
-
-
-@pytest.mark.parametrize("package", [p for p, f in PROBES.items() if f is not None])
-def test_probe_sees_the_varying_axes(package):
-  probe = PROBES[package]
+@pytest.mark.parametrize("package", PACKAGES)
+def test_axis_module(package):
+  axis = importlib.import_module(f"{package}.axis")
   mesh = jax.make_mesh((8,), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
   seen = {}
 
   def body(sharded, replicated):
-    seen["sharded"] = probe(sharded)
-    seen["replicated"] = probe(replicated)
-    seen["pcast"] = probe(lax.pcast(replicated, AXIS, to="varying"))
-    seen["psum"] = probe(lax.psum(sharded, AXIS))
-    return sharded
+    seen["sharded"] = axis.varying_axes(sharded)
+    seen["replicated"] = axis.varying_axes(replicated)
+    seen["pcast"] = axis.varying_axes(lax.pcast(replicated, AXIS, to="varying"))
+    seen["psum"] = axis.varying_axes(lax.psum(sharded, AXIS))
+    mixed = axis.to_varying({"s": sharded, "r": replicated}, AXIS)
+    seen["to_varying"] = {k: axis.varying_axes(v) for k, v in mixed.items()}
+    seen["size"] = axis.axis_size(AXIS)
+    return sharded + axis.axis_index(AXIS)
 
-  jax.shard_map(body, mesh=mesh, in_specs=(jax.P(AXIS), jax.P()), out_specs=jax.P(AXIS))(
-      jnp.arange(8.0), jnp.ones(3))
-  assert seen == {"sharded": {AXIS}, "replicated": frozenset(), "pcast": {AXIS}, "psum": frozenset()}
-  assert probe(np.ones(3)) == frozenset() and probe(jnp.ones(3)) == frozenset()
+  out = jax.shard_map(body, mesh=mesh, in_specs=(jax.P(AXIS), jax.P()), out_specs=jax.P(AXIS))(
+      jnp.zeros(8), jnp.ones(3))
+  assert seen == {"sharded": {AXIS}, "replicated": frozenset(), "pcast": {AXIS}, "psum": frozenset(),
+                  "to_varying": {"s": {AXIS}, "r": {AXIS}}, "size": 8}
+  np.testing.assert_array_equal(out, np.arange(8))
+  x = jnp.ones(3)
+  assert axis.varying_axes(np.ones(3)) == frozenset() and axis.varying_axes(x) == frozenset()
+  assert axis.to_varying(x, None) is x
+  assert axis.axis_size(None) == 1 and axis.axis_index(None) == 0
