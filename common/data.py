@@ -6,7 +6,9 @@ Datasets (``config.dataset``):
   * ``synthetic``       Gaussian multiclass with J = ``num_classes`` classes, D = ``num_features``
                         features and N = ``num_rows`` rows (the large-J, large-D regime of SFB);
   * ``sparse_logistic`` synthetic binary problem whose true weight vector is sparse;
-  * ``svmlight:<path>`` any LIBSVM/svmlight file, read with sklearn's reader (labels remapped to 0..C-1);
+  * ``svmlight:<path>`` any LIBSVM/svmlight file, read with sklearn's reader (labels remapped to 0..C-1)
+                        and kept sparse (``scipy.sparse.csr_matrix`` float32 rows) through loading and
+                        splitting: a news20-sized file (1.35M features) loads in its nonzeros' memory;
   * ``text``            byte-level English text (``common.text``): rows are windows of ``seq_len + 1``
                         byte tokens (as floats), split by position (last ``test_fraction`` validates),
                         256 classes (the vocabulary); ``y`` is unused (zeros).
@@ -14,7 +16,10 @@ Datasets (``config.dataset``):
 ``max_train_rows`` > 0 keeps only the first that many training rows (text: the first windows).
 
 Sharding never drops rows: a split with n rows over P devices becomes P shards of
-``ceil(n / P)`` rows, padded with zero rows whose ``mask`` is 0.
+``ceil(n / P)`` rows, padded with zero rows whose ``mask`` is 0. ``shard_rows`` lays rows out dense;
+sparse rows are densified only up to ``MAX_DENSE_FLOATS`` (2^28 floats, 1 GiB in float32), else it
+refuses with a ConfigError naming ``dataset`` (a sparse problem keeps its rows sparse on device with
+``vr_prox.ell_from_csr``: ``python -m benchmarks.vr_prox_sparse``).
 """
 from __future__ import annotations
 
@@ -29,13 +34,14 @@ import numpy as np
 from common.errors import ConfigError
 from common.fields import DATASETS  # noqa: F401 (re-exported)
 
+MAX_DENSE_FLOATS = 2 ** 28
 
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-  """A train/test split held on the host as numpy arrays."""
+  """A train/test split held on the host as numpy arrays (``x`` a scipy CSR matrix for svmlight files)."""
   name: str
-  x_train: np.ndarray   # float32 [n_train, D]
+  x_train: np.ndarray   # float32 [n_train, D] (svmlight: scipy.sparse.csr_matrix)
   y_train: np.ndarray   # int32 [n_train], labels in 0..num_classes-1
   x_test: np.ndarray
   y_test: np.ndarray
@@ -59,8 +65,29 @@ class Shard:
   mask: jax.Array   # [rows] float32: 1 for a real row, 0 for padding
 
 
+def is_sparse(x) -> bool:
+  """True for a scipy sparse matrix (checked without importing scipy)."""
+  return hasattr(x, "tocsr") and hasattr(x, "nnz")
+
+
+def dense(x, rows: int | None = None) -> np.ndarray:
+  """``x`` as a dense numpy array; a sparse ``x`` is densified only if ``rows`` (default its own;
+  more with padding) x its columns is at most ``MAX_DENSE_FLOATS`` floats, else a ConfigError naming
+  ``dataset``, the size and the sparse path."""
+  if not is_sparse(x):
+    return x
+  rows = x.shape[0] if rows is None else rows
+  size = rows * int(np.prod(x.shape[1:], dtype=np.int64))
+  if size > MAX_DENSE_FLOATS:
+    raise ConfigError("dataset", f"densifying the sparse rows ({rows:,} x {x.shape[1]:,} = {size:,} floats, "
+                      f"{x.nnz:,} nonzeros) exceeds {MAX_DENSE_FLOATS:,} floats (2^28); the harness's models take "
+                      f"dense rows: use fewer rows (max_train_rows) or run the problem sparse "
+                      f"(python -m benchmarks.vr_prox_sparse)")
+  return x.toarray()
+
+
 def _split(name, x, y, num_classes, test_fraction, seed) -> Dataset:
-  x = np.asarray(x, np.float32)
+  x = x.astype(np.float32).tocsr() if is_sparse(x) else np.asarray(x, np.float32)
   y = np.asarray(y, np.int32)
   order = np.random.default_rng(seed).permutation(len(y))
   n_test = int(round(test_fraction * len(y)))
@@ -123,11 +150,11 @@ def _load(name, *, seed, test_fraction, num_classes, num_features, num_rows, spa
       raise ConfigError("dataset", f"svmlight file {path!r} does not exist or is not a file")
     from sklearn.datasets import load_svmlight_file
     try:
-      x, y = load_svmlight_file(path)
+      x, y = load_svmlight_file(path, dtype=np.float32)
     except Exception as e:  # sklearn raises ValueError/OSError with parser details
       raise ConfigError("dataset", f"cannot read svmlight file {path!r}: {e}") from None
     classes, y = np.unique(y, return_inverse=True)
-    return _split(name, x.toarray(), y, len(classes), test_fraction, seed)
+    return _split(name, x, y, len(classes), test_fraction, seed)
   raise ConfigError("dataset", f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
 
 
@@ -136,7 +163,7 @@ def shard_rows(x: np.ndarray, y: np.ndarray, num_devices: int,
   """Lays rows out as ``num_devices`` equal blocks (host numpy), padding with masked rows.
 
   Args:
-    x, y: all rows.
+    x, y: all rows (a sparse ``x`` is densified, refused above ``MAX_DENSE_FLOATS`` padded floats).
     num_devices: P.
     partition: optional list of P index arrays, the rows device p holds (a row may appear on
       several devices: redundant allocations such as gradient coding). Default: contiguous
@@ -149,6 +176,8 @@ def shard_rows(x: np.ndarray, y: np.ndarray, num_devices: int,
   if len(partition) != num_devices:
     raise ValueError(f"partition has {len(partition)} blocks for {num_devices} devices")
   rows = max(len(p) for p in partition)
+  if is_sparse(x):
+    x = dense(x, num_devices * rows)
   xs = np.zeros((num_devices, rows) + x.shape[1:], x.dtype)
   ys = np.zeros((num_devices, rows), y.dtype)
   ms = np.zeros((num_devices, rows), np.float32)
@@ -173,3 +202,35 @@ def epoch_batches(num_rows: int, batch_size: int, key: jax.Array) -> jax.Array:
   perm = jax.random.permutation(key, num_rows)
   usable = (num_rows // batch_size) * batch_size
   return perm[:usable].reshape(-1, batch_size)
+
+
+def sparse_logistic_csr(num_rows: int, num_features: int, *, nnz: tuple[int, int] = (20, 60),
+                        support: float = 0.005, seed: int = 0):
+  """A seeded sparse binary problem in the shape of a text data set (news20, rcv1): ``(x, y, w_true)``.
+
+  Row i has ``nnz[0]..nnz[1]`` nonzeros (uniform) at columns drawn from a Zipf-like frequency
+  ``p_j ~ 1 / (rank_j + 10)`` (duplicates summed), positive log-normal values, rows scaled to unit
+  l2 norm (so each logistic ``f_i`` is 1/4-smooth). ``w_true`` is nonzero on ``support *
+  num_features`` columns drawn by frequency; ``y = +-1`` with ``P(y = 1) = sigmoid(4 a_i . w_true /
+  std)``. Returns a float32 ``scipy.sparse.csr_matrix``, float64 labels in {-1, +1} and ``w_true``.
+  """
+  import scipy.sparse as sp
+  rng = np.random.default_rng(seed)
+  freq = 1.0 / (np.arange(num_features) + 10.0)
+  freq = freq[rng.permutation(num_features)]
+  freq /= freq.sum()
+  counts = rng.integers(nnz[0], nnz[1] + 1, size=num_rows)
+  cols = rng.choice(num_features, size=int(counts.sum()), p=freq)
+  rows = np.repeat(np.arange(num_rows), counts)
+  vals = rng.lognormal(0.0, 0.5, size=len(cols))
+  x = sp.csr_matrix((vals, (rows, cols)), shape=(num_rows, num_features))
+  x.sum_duplicates()
+  norms = np.sqrt(np.asarray(x.multiply(x).sum(1)).ravel())
+  x = sp.diags(1.0 / np.maximum(norms, 1e-12)) @ x
+  w = np.zeros(num_features)
+  chosen = rng.choice(num_features, max(1, int(support * num_features)), replace=False, p=freq)
+  w[chosen] = rng.normal(size=len(chosen))
+  margin = x @ w
+  margin = 4.0 * margin / max(margin.std(), 1e-12)
+  y = np.where(rng.uniform(size=num_rows) < 1.0 / (1.0 + np.exp(-margin)), 1.0, -1.0)
+  return x.astype(np.float32).tocsr(), y, w
