@@ -19,6 +19,10 @@ with a leading axis of size W (1 with ``axis_name=None``); inside ``shard_map`` 
 ``state_specs(state, axis_name)`` as specs, ``update`` takes and returns each device's row.
   quantizer, wire:  ``stochastic_sign``, ``pack``, ``unpack``, ``payload_bytes``, ``payload_bits``
   references:       ``reference_decode``, ``estimator_mse``
+
+References:
+  Li, Skoglund, `Distributed Learning based on 1-Bit Gradient Coding in the Presence of
+  Stragglers <https://arxiv.org/abs/2403.14716>`_, 2024
 """
 from sign1bit.allocation import Allocation, allocation, shard_partitions, worker_rows
 from sign1bit.coding import (EFSignSGDState, OneBitGCState, diagnostics, ef_signsgd, ignore_stragglers,

@@ -11,6 +11,13 @@ of distinct partitions is co-stored on the same number λ of workers,
 
 which only enters the estimator's variance (``sign1bit.estimator_mse``); unbiasedness needs
 only the equal column sums.
+
+References:
+  Li, Skoglund, `Distributed Learning based on 1-Bit Gradient Coding in the Presence of
+  Stragglers <https://arxiv.org/abs/2403.14716>`_, 2024
+
+  Bitar, Wootters, El Rouayheb, Stochastic Gradient Coding for Straggler Mitigation in
+  Distributed Learning, IEEE JSAIT 2020
 """
 from __future__ import annotations
 
@@ -107,7 +114,7 @@ def allocation(kind: str, num_workers: int, redundancy: int | None = None, *,
       ``redundancy=W-1`` (worker i stores every partition but i). ``"custom"``: ``matrix``.
     num_workers: W.
     redundancy: d (``frc``, ``cyclic``; ``bibd`` picks the design; ignored for ``custom``).
-    partitions_per_group: m for ``frc``.
+    partitions_per_group: m for ``frc`` (any other kind refuses m != 1).
     matrix: the [W, N] 0/1 matrix for ``custom``.
   Raises:
     ValueError naming the argument when the allocation is impossible or invalid.
@@ -117,6 +124,8 @@ def allocation(kind: str, num_workers: int, redundancy: int | None = None, *,
   w = num_workers
   if not isinstance(w, (int, np.integer)) or w < 1:
     raise ValueError(f"num_workers must be a positive integer, got {w!r}")
+  if kind != "frc" and partitions_per_group != 1:
+    raise ValueError(f"partitions_per_group={partitions_per_group!r} is for kind='frc' only, got kind={kind!r}")
   if kind == "custom":
     if matrix is None:
       raise ValueError("allocation('custom', ...) needs matrix=<[W, N] 0/1 array>")
@@ -132,9 +141,10 @@ def allocation(kind: str, num_workers: int, redundancy: int | None = None, *,
       for i in range(7):
         a[i, [(i + o) % 7 for o in _FANO_OFFSETS]] = 1
       return _validated(a, "bibd")
-    raise ValueError(f"bibd designs available: the Fano plane (num_workers=7, redundancy=3) and the "
-                     f"complement design (redundancy=num_workers-1); got num_workers={w}, "
-                     f"redundancy={redundancy}")
+    at_fault, other = ((f"num_workers={w}", f"redundancy={redundancy}") if redundancy in (None, 3)   # Fano: W = 7
+                       else (f"redundancy={redundancy}", f"num_workers={w}"))
+    raise ValueError(f"{at_fault} has no bibd design with {other}; available: the Fano plane (num_workers=7, "
+                     f"redundancy=3) and the complement design (redundancy=num_workers-1={w - 1})")
   d = 1 if redundancy is None else redundancy
   if not isinstance(d, (int, np.integer)) or not 1 <= d <= w:
     raise ValueError(f"redundancy d must be an integer in [1, num_workers={w}], got {redundancy!r}")

@@ -1,14 +1,14 @@
 """1-bit gradient coding (1-bit GC-DL) and its baselines as optax transformations.
 
 C. Li, M. Skoglund, *Distributed Learning based on 1-Bit Gradient Coding in the Presence of
-Stragglers*, arXiv:2403.14716 (spec ``shared/specs/sign1bit.md``; the paper's full text was not
-available, the method is reconstructed from its abstract and the authors' SGC line of work).
+Stragglers*, arXiv:2403.14716 (the paper's full text was not available; the method is
+reconstructed from its abstract and the authors' line of work on stochastic gradient coding).
 
 One step t, every worker i of W (a device on ``axis_name``) holding partitions S_i:
 
   1. stragglers: R_t = {i : ξ_i = 1}, ξ ~ Bernoulli(1 − p)^W from ``fold_in(k_t, 0)`` (the same
      mask on every device), k_t = ``fold_in(key, count)``;
-  2. encoding: c_i = Σ_{k∈S_i} ∇f_k / (d (1 − p))                                  (spec §2.3.1)
+  2. encoding: c_i = Σ_{k∈S_i} ∇f_k / (d (1 − p))                (SGC's weights, Bitar et al.)
   3. quantizer: q_ij = ±1 with P(+1) = (1 + c_ij / B)/2, key ``fold_in(fold_in(k_t, 1), i)``;
   4. exchange: ``jnp.packbits`` → one ``all_gather`` of uint8[⌈D/8⌉] per worker;
   5. decoding: ĝ_t = (B/N) Σ_{i∈R_t} q_i  (fixed N and d(1−p), never |R_t|: E[ĝ_t] = ∇F).
@@ -17,17 +17,31 @@ One step t, every worker i of W (a device on ``axis_name``) holding partitions S
 ``lax.pcast(params, axis, to="varying")`` inside ``shard_map``) and returns ĝ_t, identical on every
 device; chain a learning rate for w_{t+1} = w_t − η ĝ_t (``one_bit_gc`` does).
 
-Baselines with the same contract (spec §5.1): ``sgc`` (real-valued SGC, fp32 payload),
+Baselines with the same contract: ``sgc`` (real-valued SGC, fp32 payload),
 ``ignore_stragglers`` (d = 1, average of the |R_t| received gradients, real or 1-bit),
 ``signsgd_majority`` (Bernstein et al. 2019: majority vote of signs) and ``ef_signsgd``
 (Karimireddy et al. 2019: scaled sign with per-worker error feedback).
 
 Every message is all-gathered (``to="invarying"``) so every device decodes the same ĝ_t.
 Stragglers take part in the collective physically (SPMD); their rows are zeroed by the mask.
+
+References:
+  Li, Skoglund, `Distributed Learning based on 1-Bit Gradient Coding in the Presence of
+  Stragglers <https://arxiv.org/abs/2403.14716>`_, 2024
+
+  Bitar, Wootters, El Rouayheb, Stochastic Gradient Coding for Straggler Mitigation in
+  Distributed Learning, IEEE JSAIT 2020
+
+  Bernstein, Zhao, Azizzadenesheli, Anandkumar, `signSGD with Majority Vote is Communication
+  Efficient and Fault Tolerant <https://arxiv.org/abs/1810.05291>`_, ICLR 2019
+
+  Karimireddy, Rebjock, Stich, Jaggi, `Error Feedback Fixes SignSGD and other Gradient
+  Compression Schemes <https://arxiv.org/abs/1901.09847>`_, ICML 2019
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from typing import Any, NamedTuple
 
@@ -135,8 +149,8 @@ def _check_bound(bound, required: bool):
     return None
   if bound == "linf":
     return "linf"
-  if isinstance(bound, str) or not isinstance(bound, numbers.Real) or not bound > 0:
-    raise ValueError(f"bound must be a number > 0 or 'linf', got {bound!r}")
+  if isinstance(bound, str) or not isinstance(bound, numbers.Real) or not 0 < bound < math.inf:
+    raise ValueError(f"bound must be a finite number > 0 or 'linf', got {bound!r}")
   return float(bound)
 
 
@@ -217,7 +231,8 @@ def encode(scheme: Scheme, grad: jax.Array, key: jax.Array, error: jax.Array | N
 
 
 def _sum_over_workers(weights: jax.Array, rows: jax.Array) -> jax.Array:
-  """Σ_i weights_i · rows_i [D] as a left fold over workers i = 0, 1, ..., W−1 (spec §2.3 step 5).
+  """Σ_i weights_i · rows_i [D] (the decoding sum of step 5, module docstring) as a left fold over
+  workers i = 0, 1, ..., W−1.
 
   A fixed order, so the sharded decode and ``reference_decode`` give the same bits: a plain
   ``jnp.sum(..., axis=0)`` is a reduction whose order XLA's CPU backend picks per program (from
@@ -357,7 +372,7 @@ def scale_by_one_bit_gc(alloc: Allocation, straggler_prob: float, bound, *, axis
 
 
 def one_bit_gc(learning_rate, alloc: Allocation, straggler_prob: float, bound, **kwargs):
-  """1-bit GC-DL: w_{t+1} = w_t − η_t ĝ_t (spec §2.3 step 4). See ``scale_by_one_bit_gc``."""
+  """1-bit GC-DL: w_{t+1} = w_t − η_t ĝ_t, ĝ_t of step 5 (module docstring). See ``scale_by_one_bit_gc``."""
   return optax.chain(scale_by_one_bit_gc(alloc, straggler_prob, bound, **kwargs),
                      optax.scale_by_learning_rate(learning_rate))
 
@@ -385,7 +400,7 @@ def scale_by_ignore_stragglers(straggler_prob: float, *, quantize: bool = False,
                                axis_name: str | None = "data", seed: int = 0,
                                straggler_model: str = "bernoulli", num_stragglers: int | None = None,
                                num_workers: int | None = None, wire: str = "packed"):
-  """Ignore-stragglers averaging (d = 1): ĝ = (1/|R|) Σ_{i∈R} ∇f_i, 0 when R = ∅ (spec §5.1).
+  """Ignore-stragglers averaging (d = 1): ĝ = (1/|R|) Σ_{i∈R} ∇f_i, 0 when R = ∅.
 
   ``quantize=True`` sends the unbiased stochastic sign with ``bound`` (G, or ``"linf"``) instead:
   ĝ = (1/|R|) Σ_{i∈R} B_i q_i.
@@ -420,13 +435,14 @@ def signsgd_majority(learning_rate, straggler_prob: float, **kwargs):
 
 def scale_by_ef_sign(straggler_prob: float, *, axis_name: str | None = "data", seed: int = 0,
                      straggler_model: str = "bernoulli", num_stragglers: int | None = None,
-                     num_workers: int | None = None):
+                     num_workers: int | None = None, wire: str = "packed"):
   """EF-signSGD (Karimireddy et al., ICML 2019, Alg. 1 on the gradient scale):
   u_i = g_i + e_i, Δ_i = (‖u_i‖₁/D) sign(u_i), e_i ← u_i − Δ_i (stragglers keep e_i);
-  ĝ = (1/|R|) Σ_{i∈R} Δ_i. Payload: D bits + one f32. ``error`` is per worker (``state_specs``)."""
+  ĝ = (1/|R|) Σ_{i∈R} Δ_i. Payload: D bits + one f32. ``error`` is per worker (``state_specs``).
+  ``wire``: only ``"packed"`` (each Δ_i has its own scale; taken, like the other constructors)."""
   return _transformation(_d1_scheme("ef", "active", straggler_prob, None, axis_name=axis_name, seed=seed,
                                     straggler_model=straggler_model, num_stragglers=num_stragglers,
-                                    num_workers=num_workers))
+                                    num_workers=num_workers, wire=wire))
 
 
 def ef_signsgd(learning_rate, straggler_prob: float, **kwargs):

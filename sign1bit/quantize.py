@@ -1,10 +1,14 @@
 """The unbiased stochastic 1-bit quantizer, bit packing and payload sizes.
 
-Quantizer (Li & Skoglund, arXiv:2403.14716; spec §2.3 step 2): for |c| ≤ B,
+Quantizer (Li & Skoglund, arXiv:2403.14716; step 3 of ``sign1bit.coding``): for |c| ≤ B,
 
     q = +1 with probability (1 + c/B)/2, else −1,   so  E[B q] = c,  Var[B q] = B² − c².
 
 Coordinates with |c| > B are clipped to ±B (biased); callers count them.
+
+References:
+  Li, Skoglund, `Distributed Learning based on 1-Bit Gradient Coding in the Presence of
+  Stragglers <https://arxiv.org/abs/2403.14716>`_, 2024
 """
 from __future__ import annotations
 

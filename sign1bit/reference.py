@@ -3,7 +3,14 @@
 ``reference_decode`` runs one step of ``scale_by_one_bit_gc`` for all W workers with ``vmap``
 instead of ``shard_map`` (``all_gather(to="invarying")`` is rejected under ``vmap``), using the
 same key derivation, encoder and decoder; the sharded result must equal it.
-``estimator_mse`` is the closed form of the estimator's error (spec §3).
+``estimator_mse`` is the closed form of the estimator's error.
+
+References:
+  Li, Skoglund, `Distributed Learning based on 1-Bit Gradient Coding in the Presence of
+  Stragglers <https://arxiv.org/abs/2403.14716>`_, 2024
+
+  Bitar, Wootters, El Rouayheb, Stochastic Gradient Coding for Straggler Mitigation in
+  Distributed Learning, IEEE JSAIT 2020
 """
 from __future__ import annotations
 
@@ -40,7 +47,7 @@ def reference_decode(local_grads: jax.Array, alloc: Allocation, straggler_prob: 
 
 
 def estimator_mse(partition_grads, alloc: Allocation, straggler_prob: float, bound=None) -> tuple[float, float]:
-  """(σ_q², σ_s²) of ĝ at a fixed point, no clipping (spec §3):
+  """(σ_q², σ_s²) of ĝ at a fixed point, no clipping:
 
       σ_q² = ((1−p)/N²) Σ_i (D B_i² − ‖c_i‖²),        c_i = Σ_{k∈S_i} ∇f_k / (d(1−p)),
       σ_s² = (p / ((1−p) d² N²)) Σ_i ‖Σ_{k∈S_i} ∇f_k‖²,

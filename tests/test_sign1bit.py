@@ -9,7 +9,7 @@ import pytest
 from jax import lax
 
 import sign1bit
-from common.comm import collective_bytes, dense_allreduce_present
+from common.comm import dense_allreduce_present, step_bytes
 from sign1bit.coding import worker_key
 
 AXIS = "data"
@@ -96,7 +96,7 @@ def _compiled_step(tx, d, *, replicated_grad=False):
 
   f = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(jax.P(), specs, jax.P(AXIS)), out_specs=(jax.P(), specs)))
   args = (_put(params, mesh, jax.P()), _put(state, mesh, specs), _put(x, mesh, jax.P(AXIS)))
-  return collective_bytes(f.lower(*args).compile())
+  return step_bytes(f, *args)
 
 
 @pytest.mark.parametrize("d", [650, 13])
@@ -469,6 +469,11 @@ def test_shard_partitions_lays_out_data_by_index():
     (lambda: sign1bit.allocation("frc", 8, 3), "divide"),
     (lambda: sign1bit.allocation("cyclic", 8, 9), "redundancy"),
     (lambda: sign1bit.allocation("bibd", 8, 3), "bibd"),
+    (lambda: sign1bit.allocation("bibd", 8, 3), "^num_workers=8 has no bibd design"),       # the Fano plane needs W = 7
+    (lambda: sign1bit.allocation("bibd", 8, 2), "^redundancy=2 has no bibd design"),
+    (lambda: sign1bit.allocation("cyclic", 8, 2, partitions_per_group=2), "partitions_per_group"),   # was ignored
+    (lambda: sign1bit.scale_by_one_bit_gc(sign1bit.allocation("frc", 8, 2), 0.2, float("inf")), "bound"),
+    (lambda: sign1bit.scale_by_ef_sign(0.2, num_workers=8, wire="int8_psum"), "int8_psum"),
     (lambda: sign1bit.allocation("hadamard", 8, 2), "kind"),
     (lambda: sign1bit.allocation("custom", 2, matrix=[[1, 0], [1, 1]]), "column sums"),
     (lambda: sign1bit.allocation("custom", 2, matrix=[[1, 1, 0], [0, 1, 1]]), "column sums"),

@@ -31,6 +31,7 @@ The analytic payload is ``sign1bit.payload_bytes`` plus that psum (one or two fl
 from __future__ import annotations
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -48,9 +49,7 @@ SCHEMES = ("one_bit_gc", "sgc", "ignore_stragglers", "ignore_stragglers_1bit", "
 GC_SCHEMES = ("one_bit_gc", "sgc")                       # use algo.allocation / algo.redundancy
 BOUND_SCHEMES = ("one_bit_gc", "ignore_stragglers_1bit")  # use algo.bound
 INT8_SCHEMES = ("one_bit_gc", "ignore_stragglers_1bit", "signsgd_majority")  # may use wire=int8_psum
-ALLOCATIONS = ("frc", "cyclic", "bibd")
 PARTITIONS = ("sorted", "shuffled")
-WIRES = ("packed", "int8_psum")
 
 
 default_config = defaults.sign1bit
@@ -60,26 +59,23 @@ default_config = defaults.sign1bit
 
 
 def parse_bound(value):
-  """``"linf"`` or a float > 0 from the ``algo.bound`` string (numbers are accepted too).
+  """``"linf"`` or a float from the ``algo.bound`` string (numbers are accepted too); the
+  constructors check that it is finite and > 0.
 
   Raises:
-    ConfigError("algo.bound", ...) when unparsable or not > 0.
+    ConfigError("algo.bound", ...) when it is neither.
   """
   if isinstance(value, str):
     text = value.strip().lower()
     if text == "linf":
       return "linf"
     try:
-      number = float(text)
+      return float(text)
     except ValueError:
-      raise ConfigError("algo.bound", f"must be 'linf' or a number > 0, got {value!r}") from None
+      pass
   elif isinstance(value, (int, float)) and not isinstance(value, bool):
-    number = float(value)
-  else:
-    raise ConfigError("algo.bound", f"must be 'linf' or a number > 0, got {value!r}")
-  if not (math.isfinite(number) and number > 0):
-    raise ConfigError("algo.bound", f"must be 'linf' or a finite number > 0, got {value!r}")
-  return number
+    return float(value)
+  raise ConfigError("algo.bound", f"must be 'linf' or a number > 0, got {value!r}")
 
 
 def _num_devices(config) -> int:
@@ -97,67 +93,54 @@ def _alloc_args(config) -> tuple[str, int, int]:
 def make_allocation(config, num_devices: int) -> sign1bit.Allocation:
   """The allocation of ``config`` over ``num_devices`` workers."""
   kind, d, m = _alloc_args(config)
-  if kind == "frc":
-    return sign1bit.allocation("frc", num_devices, d, partitions_per_group=m)
-  return sign1bit.allocation(kind, num_devices, d)
+  return sign1bit.allocation(kind, num_devices, d, partitions_per_group=m)
 
 
-def validate(config, dataset) -> None:
+# The constructors' argument names, as their ValueErrors name them, and the config field of each.
+ARG_FIELDS = {"straggler_prob": "algo.straggler_prob", "bound": "algo.bound", "wire": "algo.wire",
+              "allocation": "algo.allocation", "redundancy": "algo.redundancy",
+              "partitions_per_group": "algo.partitions_per_group", "num_workers": "num_devices"}
+
+
+def _built(make):
+  """``make()``; a constructor's ``ValueError`` becomes the ``ConfigError`` of the first argument it
+  names (``"frc needs redundancy d to divide num_workers"`` is about ``algo.redundancy``)."""
+  try:
+    return make()
+  except ConfigError:
+    raise
+  except ValueError as e:
+    named = [w for w in re.findall(r"[A-Za-z_]\w*", str(e)) if w in ARG_FIELDS]
+    raise ConfigError(ARG_FIELDS[named[0]] if named else "algo", str(e)) from None
+
+
+def _check_harness_fields(config) -> None:
+  """The fields the library does not see: scheme, partitions, l2 and the optimizer."""
   a = config.algo
-  w = _num_devices(config)
   if a.scheme not in SCHEMES:
     raise ConfigError("algo.scheme", f"unknown scheme {a.scheme!r}; allowed: {', '.join(SCHEMES)}")
-  if a.allocation not in ALLOCATIONS:
-    raise ConfigError("algo.allocation", f"unknown allocation {a.allocation!r}; allowed: "
-                      f"{', '.join(ALLOCATIONS)}")
   if a.partitions not in PARTITIONS:
     raise ConfigError("algo.partitions", f"unknown partitions {a.partitions!r}; allowed: {', '.join(PARTITIONS)}")
-  if a.wire not in WIRES:
-    raise ConfigError("algo.wire", f"unknown wire {a.wire!r}; allowed: {', '.join(WIRES)}")
-  p = a.straggler_prob
-  if not (isinstance(p, (int, float)) and not isinstance(p, bool) and 0.0 <= p < 1.0):
-    raise ConfigError("algo.straggler_prob", f"must be in [0, 1) (p = 1: nobody ever reports), got {p!r}")
-  bound = parse_bound(a.bound)
   if not (isinstance(a.l2, (int, float)) and math.isfinite(a.l2) and a.l2 >= 0):
     raise ConfigError("algo.l2", f"must be a finite number >= 0, got {a.l2!r}")
-  if not isinstance(a.redundancy, int) or isinstance(a.redundancy, bool) or a.redundancy < 1:
-    raise ConfigError("algo.redundancy", f"must be an integer >= 1, got {a.redundancy!r}")
-  if not isinstance(a.partitions_per_group, int) or a.partitions_per_group < 1:
-    raise ConfigError("algo.partitions_per_group", f"must be an integer >= 1, got {a.partitions_per_group!r}")
-  if a.wire == "int8_psum":
-    if a.scheme not in INT8_SCHEMES:
-      raise ConfigError("algo.wire", f"int8_psum sums ±1 votes; it is for {', '.join(INT8_SCHEMES)}, "
-                        f"not {a.scheme} (real-valued or scaled payloads): use wire=packed")
-    if a.scheme in BOUND_SCHEMES and bound == "linf":
-      raise ConfigError("algo.wire", "int8_psum needs one common scale: use a constant --config.algo.bound "
-                        "(a number), not 'linf', or wire=packed")
   if config.optimizer != "sgd":
     raise ConfigError("optimizer", f"sign1bit schemes apply plain SGD w -= lr * ghat (momentum or Adam after "
                       f"the decoder changes the method); use --config.optimizer=sgd, got {config.optimizer!r}")
-  if a.scheme in GC_SCHEMES:
-    d = a.redundancy
-    if a.allocation == "frc" and w % d:
-      raise ConfigError("algo.redundancy", f"frc needs d to divide the {w} devices; allowed: "
-                        f"{[k for k in range(1, w + 1) if w % k == 0]}")
-    if a.allocation == "cyclic" and d > w:
-      raise ConfigError("algo.redundancy", f"cyclic needs 1 <= d <= {w} devices, got {d}")
-    if a.allocation == "bibd" and not (d == w - 1 and w > 1) and not (w == 7 and d == 3):
-      raise ConfigError("num_devices" if d == 3 else "algo.redundancy",
-                        f"bibd designs: the Fano plane needs 7 devices and redundancy 3 "
-                        f"(--config.num_devices=7 --config.algo.redundancy=3 --config.batch_size=7: the batch size is unused "
-                        f"but must divide by the devices), the complement design "
-                        f"redundancy = devices - 1 = {w - 1}; got {w} devices, redundancy {d}")
-    if a.allocation != "frc" and a.partitions_per_group != 1:
-      raise ConfigError("algo.partitions_per_group", f"is for allocation=frc only (got {a.allocation})")
+
+
+def validate(config, dataset) -> None:
+  """The harness's own fields here; the allocation and the scheme by their constructors
+  (``sign1bit.allocation``, ``sign1bit.<scheme>``), whose ``ValueError`` names the field."""
+  _check_harness_fields(config)
+  w = _num_devices(config)
   kind, d, m = _alloc_args(config)
-  partitions = (w // d) * m if kind == "frc" else w     # N, before anything is built
+  base = _built(lambda: sign1bit.allocation(kind, w, d))   # m = 1: N is known before an N x N check runs
+  partitions = base.num_partitions * (m if kind == "frc" else 1)
   if dataset is not None and partitions > dataset.num_train:
     raise ConfigError("algo.partitions_per_group", f"N = {partitions} partitions for only "
-                      f"{dataset.num_train} training rows; use at most {dataset.num_train // max(w // d, 1)}")
-  try:
-    make_allocation(config, w)
-  except ValueError as e:
-    raise ConfigError("algo.allocation", str(e)) from None
+                      f"{dataset.num_train} training rows; use at most {dataset.num_train // base.num_partitions}")
+  alloc = _built(lambda: make_allocation(config, w))
+  _built(lambda: make_transform(config, alloc, "data"))
 
 
 # ----------------------------------------------------------------------------- data layout
@@ -227,20 +210,19 @@ def payload_scheme(config) -> str:
 def make_transform(config, alloc: sign1bit.Allocation, axis_name: str | None) -> optax.GradientTransformation:
   """The sign1bit transformation of ``config`` (learning rate included)."""
   a = config.algo
-  lr, p = config.lr, float(a.straggler_prob)
-  common = dict(axis_name=axis_name, seed=config.seed)
+  lr, p = config.lr, a.straggler_prob
+  common = dict(axis_name=axis_name, seed=config.seed, wire=a.wire)
   w = alloc.num_workers
   if a.scheme == "one_bit_gc":
-    return sign1bit.one_bit_gc(lr, alloc, p, parse_bound(a.bound), wire=a.wire, **common)
+    return sign1bit.one_bit_gc(lr, alloc, p, parse_bound(a.bound), **common)
   if a.scheme == "sgc":
     return sign1bit.sgc(lr, alloc, p, **common)
   if a.scheme == "ignore_stragglers":
     return sign1bit.ignore_stragglers(lr, p, quantize=False, num_workers=w, **common)
   if a.scheme == "ignore_stragglers_1bit":
-    return sign1bit.ignore_stragglers(lr, p, quantize=True, bound=parse_bound(a.bound), num_workers=w,
-                                      wire=a.wire, **common)
+    return sign1bit.ignore_stragglers(lr, p, quantize=True, bound=parse_bound(a.bound), num_workers=w, **common)
   if a.scheme == "signsgd_majority":
-    return sign1bit.signsgd_majority(lr, p, num_workers=w, wire=a.wire, **common)
+    return sign1bit.signsgd_majority(lr, p, num_workers=w, **common)
   return sign1bit.ef_signsgd(lr, p, num_workers=w, **common)
 
 
