@@ -377,8 +377,6 @@ def compute(args, ps, budgets_for, grid, grid_mv, seeds, log):
   x, y, xt, yt = data
   gd = gd_reference(jnp.asarray(x), jnp.asarray(y), jnp.asarray(xt), jnp.asarray(yt), args.gd_steps)
   log(f"GD reference ({args.gd_steps} steps, eta=1): {gd[0]:.4f} / {gd[1]:.1f} %")
-  gd_short = {k: gd_reference(jnp.asarray(x), jnp.asarray(y), jnp.asarray(xt), jnp.asarray(yt), k[1], eta=k[0])[0]
-              for k in ((3.0, 15), (3.0, 94))}   # full-batch GD after as many steps as fp32 SGC gets
   res, compile_s, run_s = sweep(ps, budgets_for, seeds, grid, grid_mv, data, mesh, log)
   acc_check = None
   settings = [(p, b) for p, b in ACCEPTANCE if p in ps and b in budgets_for(p)]
@@ -396,7 +394,7 @@ def compute(args, ps, budgets_for, grid, grid_mv, seeds, log):
     shapes = ", ".join(f"{c.kind} {c.shape.split('{')[0]}" for c in rep.collectives)
     byte_rows.append((title, scheme, rep.payload, sign1bit.payload_bytes(D, scheme), shapes))
   wall = time.perf_counter() - t_start
-  return dict(res=res, gd=gd, gd_short=gd_short, acc_check=acc_check, byte_rows=byte_rows, pb=pb, wall=wall,
+  return dict(res=res, gd=gd, acc_check=acc_check, byte_rows=byte_rows, pb=pb, wall=wall,
               compile_s=compile_s, run_s=run_s)
 
 
@@ -533,8 +531,7 @@ def report(args, run, ps, budgets_for, grid, grid_mv, seeds):
             "|---|---|---|---|---|---|"]
   for title, scheme, meas, want, shapes in byte_rows:
     lines.append(f"| {title} | {scheme} | {meas:g} | {want} | {'yes' if meas == want else 'NO'} | {shapes} |")
-  lines += ["", reading(cells, acc, ps, budgets_for, gd, byte_rows, run.get("gd_short", {}),
-                                 max(clipped.values())), "",
+  lines += ["", reading(cells, acc, ps, budgets_for, gd, byte_rows, max(clipped.values())), "",
             "![train loss vs cumulative uplink bits, p = 0.2, label-sorted]"
             "(benchmarks/results/sign1bit_loss_vs_bits.png)"]
   pp = 0.2 if 0.2 in ps else ps[0]
@@ -542,130 +539,65 @@ def report(args, run, ps, budgets_for, grid, grid_mv, seeds):
   return "\n".join(lines)
 
 
-def reading(cells, acc, ps, budgets_for, gd, byte_rows, gd_short, clip_max):
-  """The analysis, built from the measured numbers (claims that could flip are computed)."""
-  def c(p, b, r, m):
-    return cells.get((p, b, r, m))
+def _seed_check(acc, key_a, key_b):
+  """``; n seeds: mean +- se vs ..., verdict`` of the seed check of two cells ('' if not run)."""
+  a, b = (acc or {}).get(key_a), (acc or {}).get(key_b)
+  if not (a and b):
+    return ""
+  n, se = len(a["per_seed"]), math.hypot(a["se"], b["se"])
+  diff = b["mean"] - a["mean"]
+  verdict = "a tie" if abs(diff) <= 2 * se else f"{TITLE[(key_a if diff > 0 else key_b)[-1]]} ahead"
+  return (f"; {n} seeds: {a['mean']:.3f} +- {a['se']:.3f} vs {b['mean']:.3f} +- {b['se']:.3f}, {verdict} "
+          f"(difference {diff / se if se else math.inf:.1f} standard errors; lower on {int(np.sum(a['per_seed'] < b['per_seed']))}/{n} "
+          "paired seeds)")
 
-  def v(x):
-    return f"{x['loss']:.3f}"
 
-  def a8(p, b, r, m):
-    return (acc or {}).get((p, b, r, m))
+def _versus(cells, acc, cell, a="gc_linf", b="sgc"):
+  """Methods ``a`` vs ``b`` at ``cell`` = (p, budget, regime): the table, the spec, the seed check."""
+  spec = [v[0] for v in (SPEC.get(cell, {}).get(m) for m in (a, b)) if isinstance(v, tuple)]
+  return (f"p = {cell[0]:g}, {cell[1]:g} Mbit, {cell[2]}: {TITLE[a]} {cells[cell + (a,)]['loss']:.3f} vs {TITLE[b]} "
+          f"{cells[cell + (b,)]['loss']:.3f}" + (f" (spec {spec[0]:.3f} vs {spec[1]:.3f})" if len(spec) == 2 else "")
+          + _seed_check(acc, cell + (a,), cell + (b,)))
 
+
+def _span(values, fmt=".3f"):
+  return f"{min(values):{fmt}} to {max(values):{fmt}}"
+
+
+def reading(cells, acc, ps, budgets_for, gd, byte_rows, clip_max):
+  """What the tables above show, every number read from them (``SPEC``: the spec's)."""
+  keys = [(p, b, r) for p in ps for b in budgets_for(p) for r in REGIMES]
+  loss = lambda m, k: cells[k + (m,)]["loss"]   # noqa: E731
+  tight = [k for k in keys if k[1] == min(budgets_for(k[0]))]
+  wide = [k for k in keys if k[1] == max(budgets_for(k[0]))]
+  linf_gain = [loss("gc_const", k) - loss("gc_linf", k) for k in keys]
+  is_minus_gc = [loss("is_1bit", k) - loss("gc_const", k) for k in keys]
+  one_bit = ("gc_const", "gc_linf", "is_1bit", "mv")
+  ef_best = sum(loss("ef", k) <= min(loss(m, k) for m in one_bit) + 1e-3 for k in keys)
+  mv = {r: [cells[k + ("mv",)] for k in keys if k[2] == r] for r in REGIMES}
+  clip = "never clipped" if clip_max == 0 else f"clipped up to {clip_max} coordinates per worker"
   out = ["Reading:"]
-  if c(0.2, 2.0, "label-sorted", "gc_linf"):
-    a, s = c(0.2, 2.0, "label-sorted", "gc_linf"), c(0.2, 2.0, "label-sorted", "sgc")
-    verdict = "meets" if a["loss"] < s["loss"] else "does NOT meet"
-    txt = (f"- **Acceptance** (p = 0.2, 2.0 Mbit, label-sorted): 1-bit GC B=linf {a['loss']:.3f} / {a['acc']:.1f} % "
-           f"vs SGC fp32 {s['loss']:.3f} / {s['acc']:.1f} % (spec 0.360 vs 0.56): {verdict} the target "
-           "(lower train loss than SGC).")
-    aa, ss = a8(0.2, 2.0, "label-sorted", "gc_linf"), a8(0.2, 2.0, "label-sorted", "sgc")
-    if aa:
-      n = len(aa["per_seed"])
-      txt += (f" With {n} seeds: {aa['mean']:.3f} +- {aa['se']:.3f} vs {ss['mean']:.3f} +- {ss['se']:.3f}, linf "
-              f"lower on {int(np.sum(aa['per_seed'] < ss['per_seed']))}/{n} paired seeds.")
-      inside = abs(0.56 - ss["mean"]) <= 2 * ss["sd"]
-      gap_se = (ss["mean"] - aa["mean"]) / math.sqrt(aa["se"] ** 2 + ss["se"] ** 2)
-      txt += (f" The linf number {'reproduces' if abs(aa['mean'] - 0.360) <= 0.02 else 'differs from'} the spec's "
-              f"0.360; SGC's {'matches' if abs(ss['mean'] - 0.56) <= 0.05 else 'does not match'} the spec's 0.56: "
-              "at 2.0 Mbit the "
-              f"fp32 schemes get ~{2e6 / (6.4 * 32 * D):.0f} steps, their best eta is at or near the top of the grid "
-              f"(full-batch GD with eta = 3 reaches {gd_short.get((3.0, 15), float('nan')):.3f} after 15 steps, "
-              "a reference for them), and with label-sorted partitions each straggler drops whole "
-              "classes from a step, so the loss at the budget varies strongly between seeds (SGC sd "
-              f"{ss['sd']:.2f} over {n} seeds): the spec's 0.56 is "
-              + ("inside" if inside else "outside") + f" two sd of our mean. SGC minus 1-bit GC linf is "
-              f"{gap_se:.1f} standard errors.")
-    out.append(txt)
-  wins, wins_is = [], []
-  for p in ps:
-    for r in REGIMES:
-      a, s, i = c(p, 2.0, r, "gc_linf"), c(p, 2.0, r, "sgc"), c(p, 2.0, r, "is_fp32")
-      if a and s:
-        wins.append(a["loss"] < s["loss"])
-        wins_is.append(a["loss"] < i["loss"])
-  if wins:
-    out.append(f"- At 2.0 Mbit, 1-bit GC linf has a lower train loss than SGC in {sum(wins)}/{len(wins)} "
-               f"(p, partitions) settings and than IS fp32 in {sum(wins_is)}/{len(wins_is)}: the paper's "
-               "qualitative claim (spec reading (i)) reproduces at tight budgets. At p = 0 SGC and IS fp32 are both "
-               "exact full-batch GD and give identical entries (a consistency check).")
-  if 0.5 in ps and 7.8 in budgets_for(0.5):
-    a, s, i = (c(0.5, 7.8, "label-sorted", m) for m in ("gc_linf", "sgc", "is_fp32"))
-    aa, ss, ii = (a8(0.5, 7.8, "label-sorted", m) for m in ("gc_linf", "sgc", "is_fp32"))
-    if aa:   # the seed check decides; the 2-seed table entry is quoted as well
-      n = len(aa["per_seed"])
-      se = math.sqrt(aa["se"] ** 2 + ss["se"] ** 2)
-      diff = ss["mean"] - aa["mean"]
-      who = ("a tie" if abs(diff) < 2 * se else
-             ("1-bit GC linf ahead" if diff > 0 else "SGC fp32 ahead"))
-      sgc_val, is_val, sgc_se = ss["mean"], ii["mean"], ss["se"]
-      txt = (f"- **Disagreement with the spec** at p = 0.5, 7.8 Mbit, label-sorted: with {n} seeds 1-bit GC linf "
-             f"{aa['mean']:.3f} +- {aa['se']:.3f} vs SGC fp32 {ss['mean']:.3f} +- {ss['se']:.3f} is {who} "
-             f"(linf lower on {int(np.sum(aa['per_seed'] < ss['per_seed']))}/{n} paired seeds; the 2-seed table "
-             f"has {v(a)} vs {v(s)}), whereas the spec has linf clearly ahead (0.304 vs SGC 0.348).")
-    else:
-      sgc_val, is_val, sgc_se = s["loss"], i["loss"], float("nan")
-      who = "1-bit GC linf ahead" if a["loss"] < s["loss"] else "SGC fp32 ahead or tied"
-      txt = (f"- **Disagreement with the spec** at p = 0.5, 7.8 Mbit, label-sorted: 1-bit GC linf {v(a)} vs SGC "
-             f"fp32 {v(s)} (2 seeds), whereas the spec has linf clearly ahead (0.304 vs SGC 0.348).")
-    txt += (f" Our linf and IS fp32 are {a['loss'] - 0.304:+.3f} and {i['loss'] - 0.378:+.3f} from the spec's "
-            f"0.304 and 0.378; SGC is {sgc_val - 0.348:+.3f} from its 0.348"
-            + (f" (~{(0.348 - sgc_val) / sgc_se:.0f} standard errors)" if sgc_se == sgc_se else "") +
-            f". SGC here (eta = {s['eta']:g}, ~{7.8e6 / (4 * 32 * D):.0f} steps) compares with full-batch GD at the "
-            f"same step count ({gd_short.get((3.0, 94), float('nan')):.3f} after 94 steps at eta = 3); the spec's "
-            "0.348 is even above its own p = 0.2, 6.2 Mbit SGC entry (0.319 after ~47 steps), which is why we "
-            "suspect that spec entry. SGC vs IS fp32 here: "
-            f"{sgc_val:.3f} vs {is_val:.3f} (spec 0.348 vs 0.378, its reading (iii)). "
-            + ("At this budget 1-bit GC linf does not beat SGC on label-sorted data; its advantage is a "
-               "tight-budget one (2 Mbit above)." if not who.startswith("1-bit") else
-               "1-bit GC linf still beats SGC at this budget."))
-    out.append(txt)
-  if 0.2 in ps and 6.2 in budgets_for(0.2):
-    a, s = c(0.2, 6.2, "label-sorted", "gc_linf"), c(0.2, 6.2, "label-sorted", "sgc")
-    big = max(budgets_for(ps[0]))
-    gap = max(c(p, max(budgets_for(p)), r, m)["loss"] for p in ps for r in REGIMES
-              for m in ("gc_linf", "sgc", "is_fp32", "ef")) - gd[0]
-    out.append(f"- From ~6 Mbit on the real-valued schemes catch up: p = 0.2, 6.2 Mbit label-sorted linf {v(a)} vs "
-               f"SGC {v(s)} (spec 0.309 vs 0.319); at the largest budget ({big:g} Mbit) 1-bit GC linf, SGC, IS fp32 "
-               f"and EF-signSGD are all within {gap:.3f} of the GD value {gd[0]:.3f}.")
-  d_gc = [c(p, b, r, "is_1bit")["loss"] - c(p, b, r, "gc_const")["loss"] for p in ps for b in budgets_for(p)
-          for r in REGIMES]
-  lo = min(c(p, b, r, m)["loss"] for p in ps for b in budgets_for(p) for r in REGIMES for m in ("gc_const", "is_1bit"))
-  hi = max(c(p, b, r, m)["loss"] for p in ps for b in budgets_for(p) for r in REGIMES for m in ("gc_const", "is_1bit"))
-  last = (ps[-1], budgets_for(ps[-1])[-1])
-  etas = sorted({c(p, b, r, m)["eta"] for p in ps for b in budgets_for(p) for r in REGIMES for m in ("gc_const", "is_1bit")})
-  clip_txt = "no coordinate was ever clipped" if clip_max == 0 else f"up to {clip_max} clipped coordinates per worker"
-  out.append(f"- Constant B = lG/(d(1-p)) (the provably safe bound; {clip_txt}) is far worse than "
-             f"B = linf at every budget (e.g. {v(c(*last, 'label-sorted', 'gc_const'))} vs "
-             f"{v(c(*last, 'label-sorted', 'gc_linf'))} at p = {last[0]:g}, {last[1]:g} Mbit); its losses stay in "
-             f"{lo:.2f}-{hi:.2f} with eta {etas[0]:g}-{etas[-1]:g}, and it tracks 1-bit IS with B = G (IS minus GC between "
-             f"{min(d_gc):+.3f} and {max(d_gc):+.3f}; GC ahead by more than 0.02 only at p = "
-             f"{', '.join(sorted({f'{p:g}' for p in ps for b in budgets_for(p) for r in REGIMES if c(p, b, r, 'is_1bit')['loss'] - c(p, b, r, 'gc_const')['loss'] > 0.02})) or 'none'}"
-             "): the quantisation noise "
-             "~ D G^2/(W(1-p)) swamps what redundancy buys, as the spec predicts (its readings (ii), (iii)).")
-  ef = [c(p, b, r, "ef")["loss"] <= min(c(p, b, r, m)["loss"] for m in ("gc_const", "gc_linf", "is_1bit", "mv")) + 1e-3
-        for p in ps for b in budgets_for(p) for r in REGIMES]
-  mv_ok = [c(p, b, "i.i.d.", "mv")["loss"] for p in ps for b in budgets_for(p)]
-  mv_bad = [c(p, b, "label-sorted", "mv") for p in ps for b in budgets_for(p)]
-  late = [abs(c(p, b, "i.i.d.", "gc_linf")["loss"] - c(p, b, "i.i.d.", "ef")["loss"])
-          for p in ps for b in budgets_for(p) if b >= 6]
-  out.append(f"- EF-signSGD is the best 1-bit method (within 0.001) in {sum(ef)}/{len(ef)} cells (spec reading (iv))"
-             + (f"; on i.i.d. partitions from 6 Mbit on 1-bit GC linf is within {max(late):.3f} of it" if late else "")
-             + ". signSGD-MV works on i.i.d. partitions "
-             f"({min(mv_ok):.3f}-{max(mv_ok):.3f}) and fails on label-sorted ones (loss "
-             f"{min(x['loss'] for x in mv_bad):.2f}-{max(x['loss'] for x in mv_bad):.2f}, test accuracy "
-             f"{min(x['acc'] for x in mv_bad):.0f}-{max(x['acc'] for x in mv_bad):.0f} %), as in the spec.")
-  out.append(f"- GD reference {gd[0]:.3f} / {gd[1]:.1f} % vs the spec's {SPEC_GD[0]} / {SPEC_GD[1]} %: same "
-             "objective value; the test split differs (the spec's permutation is not given; ours also drops 5 "
-             "train rows), so test accuracies differ from the spec's at equal train loss: "
-             "compare train losses. Eta is selected and reported on the same runs (as in the spec), which "
-             "flatters the noisy fp32 cells slightly.")
-  eq = all(meas == want for _, _, meas, want, _ in byte_rows)
-  out.append("- Bytes: the measured collective payload of every compiled step equals `payload_bytes` "
-             + ("(all rows equal)" if eq else "EXCEPT where marked NO")
-             + "; the 1-bit schemes move one u8[8,82] all-gather (+ an f32[8] all-gather of the scales for "
-             "linf / EF) and no floating-point gradient collective.")
+  out += [f"- {_versus(cells, acc, (p, b, 'label-sorted'))}." for p, b in ACCEPTANCE
+          if p in ps and b in budgets_for(p)]
+  exact = [k for k in keys if k[0] == 0]   # p = 0: SGC and IS fp32 are both full-batch GD
+  if exact:
+    out.append(f"- At p = 0 SGC and IS fp32 (both full-batch GD) agree in "
+               f"{sum(loss('sgc', k) == loss('is_fp32', k) for k in exact)}/{len(exact)} cells.")
+  out += [f"- At the smallest budget 1-bit GC linf has the lower train loss in "
+          f"{sum(loss('gc_linf', k) < loss('sgc', k) for k in tight)}/{len(tight)} (p, partitions) settings vs SGC "
+          f"fp32 and in {sum(loss('gc_linf', k) < loss('is_fp32', k) for k in tight)}/{len(tight)} vs IS fp32; at "
+          f"the largest, 1-bit GC linf, SGC, IS fp32 and EF-signSGD are within "
+          f"{max(loss(m, k) for k in wide for m in ('gc_linf', 'sgc', 'is_fp32', 'ef')) - gd[0]:.3f} of full-batch "
+          f"GD ({gd[0]:.3f}).",
+          f"- Constant B = lG/(d(1-p)) ({clip}) is behind B = linf in {sum(g > 0 for g in linf_gain)}/{len(keys)} "
+          f"cells (by {_span(linf_gain)}) and close to 1-bit IS with B = G (IS minus GC {_span(is_minus_gc, '+.3f')}).",
+          f"- EF-signSGD is the best 1-bit method (within 0.001) in {ef_best}/{len(keys)} cells. signSGD-MV: "
+          + "; ".join(f"{r} train loss {_span([c['loss'] for c in mv[r]])}, test accuracy "
+                      f"{_span([c['acc'] for c in mv[r]], '.0f')} %" for r in REGIMES) + ".",
+          f"- Bytes: the measured payload equals `payload_bytes` for {sum(m == w for _, _, m, w, _ in byte_rows)}/"
+          f"{len(byte_rows)} methods (table above).",
+          "- Test accuracies are on our own split (the spec's permutation is not given): compare train losses. "
+          "Eta is selected and reported on the same runs, as in the spec."]
   return "\n".join(out)
 
 
