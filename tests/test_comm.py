@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from common.comm import collective_bytes, dense_allreduce_present
+from common.comm import collective_bytes, dense_allreduce_present, step_bytes
 
 P = jax.P
 
@@ -15,8 +15,7 @@ def _mesh(n):
 
 
 def _count(fn, n, *args, in_specs, out_specs):
-  f = jax.jit(jax.shard_map(fn, mesh=_mesh(n), in_specs=in_specs, out_specs=out_specs))
-  return collective_bytes(f.lower(*args).compile())
+  return step_bytes(jax.jit(jax.shard_map(fn, mesh=_mesh(n), in_specs=in_specs, out_specs=out_specs)), *args)
 
 
 def test_psum_over_four_devices():
