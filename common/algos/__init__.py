@@ -9,7 +9,7 @@ from types import ModuleType
 
 from common.errors import ConfigError
 
-ALGORITHMS = ("dense", "sfb", "sfb_sdca", "sign1bit", "vr_prox", "dho", "powersgd")
+ALGORITHMS = ("dense", "sfb", "sfb_sdca", "sign1bit", "vr_prox", "dho", "powersgd", "kfac")
 
 
 def check(name) -> str:

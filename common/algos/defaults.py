@@ -23,6 +23,15 @@ def powersgd() -> ml_collections.ConfigDict:
   return c
 
 
+def kfac() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.damping = 1e-3              # λ: fixed damping, added as λI to the Kronecker-factored curvature (kfac-jax)
+  c.curvature_ema = 0.95        # ε: factor EMA decay (kfac-jax's default)
+  c.inverse_update_period = 5   # T_inv: steps between factor all-reduces + pi-damped inverses (kfac-jax's default)
+  c.estimation_mode = "ggn_curvature_prop"   # kfac-jax's default; fisher_empirical | fisher_gradients | ggn_exact ...
+  return c
+
+
 def sfb_sdca() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.loss = "squared_hinge"    # squared_hinge | squared (targets ±1 one-vs-rest)
