@@ -12,6 +12,16 @@ check); ``axis`` (the varying-axes probe and the per-device state layout).
 (``num_shards``; 1 with ``axis_name=None``); ``state_specs(state, axis_name)`` gives them
 ``P(axis_name)`` and inside ``shard_map`` ``update`` takes and returns each device's row.
 Imports only jax, optax, numpy.
+
+References:
+  [F]  H. Sivan, M. Gabel, A. Schuster. "FOSI: Hybrid First and Second Order Optimization",
+       ICLR 2024 (arXiv:2302.08484).
+  [P1] "Accelerating Deep Neural Network Training via Distributed Hybrid Order Optimization"
+       (DHO2 v1, arXiv:2505.00982).
+  [P2] "DHO2: Accelerating Distributed Hybrid Order Optimization via Model Parallelism and ADMM"
+       (DHO2 v2) and its released code, github ShunxianGu/DHO2 (``DHO2_ADMM_v2.py``).
+  [B]  S. Boyd et al. "Distributed Optimization and Statistical Learning via the Alternating
+       Direction Method of Multipliers", Found. Trends ML 3(1), 2011 (``consensus_admm``).
 """
 from dho.curvature import LanczosPairs, Pairs, curvature_basis, maybe_refresh, refresh_due
 from dho.fosi import (MOMENTUM, ConsensusState, Dho2State, FosiState, FullBaseState, basis_bytes, consensus_admm,

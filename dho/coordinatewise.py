@@ -1,6 +1,6 @@
 """Is a base optimizer coordinate-wise? A static check on its traced update (jaxpr dataflow).
 
-``dho2`` ([P1] "partial curvature" update, spec 5.3) runs the FOSI base optimizer on each device's
+``dho2`` ([P1] "partial curvature" update) runs the FOSI base optimizer on each device's
 slice of ``ceil(n/P)`` coordinates. That equals the reference ([F] Alg. 2, base on the full
 flattened vector) only when every output coordinate of the base update depends on the same
 coordinate of its inputs alone: SGD, heavy ball, Nesterov, Adam, schedule-free SGD. A global norm
@@ -19,6 +19,13 @@ Only an allow-list of elementwise primitives keeps ``VEC``; every other primitiv
 vector, or produces a value of the vector's shape from clean inputs, yields ``MIXED``. The base is
 coordinate-wise iff no output (update or new state) is ``MIXED``. The allow-list makes the check
 conservative: an unknown primitive is refused, never passed.
+
+References:
+  [F]  H. Sivan, M. Gabel, A. Schuster. "FOSI: Hybrid First and Second Order Optimization",
+       ICLR 2024 (arXiv:2302.08484), Alg. 2: the base optimizer on the full flattened vector.
+  [P1] "Accelerating Deep Neural Network Training via Distributed Hybrid Order Optimization"
+       (DHO2 v1, arXiv:2505.00982): the model updated "with partial curvature information",
+       each device on its own slice of the coordinates.
 """
 from __future__ import annotations
 

@@ -28,8 +28,9 @@ References:
   [P1] "Accelerating Deep Neural Network Training via Distributed Hybrid Order Optimization"
        (DHO2 v1, arXiv:2505.00982): curvature partitioned over devices, MR-DHO2 (curvature
        computed concurrently and applied with a delay).
-  [P2] DHO2 v2 ("model parallelism and ADMM") and its released code (github ShunxianGu/DHO2,
-       ``DHO2_ADMM_v2.py``): the ADMM-like period rule and the v2 hyperparameters.
+  [P2] "DHO2: Accelerating Distributed Hybrid Order Optimization via Model Parallelism and ADMM"
+       (DHO2 v2) and its released code (github ShunxianGu/DHO2, ``DHO2_ADMM_v2.py``): the
+       ADMM-like period rule and the v2 hyperparameters.
   [B]  S. Boyd et al. "Distributed Optimization and Statistical Learning via the Alternating
        Direction Method of Multipliers", Found. Trends ML 3(1), 2011, Sec. 7.1 (consensus ADMM,
        scaled form), used by ``admm="consensus"`` (our extension of [P2]).
@@ -195,17 +196,6 @@ def _check_rho(admm, admm_rho):
   if not (np.isfinite(admm_rho) and admm_rho > 0):
     raise ValueError(f"admm_rho must be a finite number > 0, got {admm_rho!r}")
   return float(admm_rho)
-
-
-def _momentum(rule: str, beta):
-  if rule == "ema":
-    return lambda g1, vel: (1.0 - beta) * g1 + beta * vel
-  if rule == "heavy_ball":
-    return lambda g1, vel: g1 + beta * vel
-  if rule == "nesterov":
-    return lambda g1, vel: (1.0 + beta) * g1 + beta * beta * vel
-  return lambda g1, vel: g1
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -379,9 +369,22 @@ def _update(setup: _Setup, updates, state, params, batch):
   return new_updates, new_fs
 
 
+def _require_axis(axis_name, name: str):
+  """A clear error when ``update`` runs outside ``shard_map`` over ``axis_name`` (the default is "data")."""
+  if axis_name is None:
+    return
+  try:
+    axis.axis_size(axis_name)
+  except NameError:
+    raise ValueError(f"{name}: axis_name={axis_name!r} is not a mesh axis here; call update inside "
+                     f"jax.shard_map over {axis_name!r}, or pass {name}(..., axis_name=None) for one "
+                     "device") from None
+
+
 def _transformation(setup: _Setup, name: str) -> optax.GradientTransformationExtraArgs:
   def update_fn(updates, state, params=None, *, batch=None, **extra_args):
     del extra_args
+    _require_axis(setup.axis_name, name)
     if params is None:
       raise ValueError(f"{name} update needs params (the HVP and the base step use them)")
     if setup.r > 0 and batch is None:
@@ -471,6 +474,7 @@ def consensus_admm(base: optax.GradientTransformation, loss_fn: Callable, *, adm
 
   def update_fn(updates, state, params=None, *, batch=None, **extra_args):
     del updates, extra_args
+    _require_axis(setup.axis_name, "consensus_admm")
     if params is None or batch is None:
       raise ValueError("dho2(admm='consensus') update needs params and the batch (local gradients are taken at "
                        "each replica's own iterate): update(g, state, params, batch=...)")
@@ -491,7 +495,7 @@ def _num_shards(num_shards, mesh, axis_name) -> int:
 def fosi(base: optax.GradientTransformation, loss_fn: Callable, *, k: int = 5, l: int = 0,
          m: int | None = None, refresh_every: int = 100, warmup: int | None = None, alpha=0.1,
          scale_clip=3.0, momentum: str = "heavy_ball", decay=0.9, seed: int = 0, eig_floor=0.0,
-         eig_shift=0.0, axis_name=None, lanczos_dtype=None) -> optax.GradientTransformationExtraArgs:
+         eig_shift=0.0, axis_name="data", lanczos_dtype=None) -> optax.GradientTransformationExtraArgs:
   """FOSI ([F] Alg. 2) wrapping ``base`` (a full optax optimizer, learning rate included).
 
   Args:
@@ -504,8 +508,9 @@ def fosi(base: optax.GradientTransformation, loss_fn: Callable, *, k: int = 5, l
     seed: Lanczos start vector key ``PRNGKey(seed)`` (the same every refresh, as the reference).
     eig_floor: drop pairs with ``|lambda| < eig_floor * max|lambda|`` (0 = reference).
     eig_shift: ``lr_i = 1/|lambda_i + eig_shift|`` (the DHO2 code uses 5e-9; reference 0).
-    axis_name: None = one device. Set (inside ``shard_map``, local gradients at ``pcast`` params):
-      gradients and HVPs are ``pmean``-ed and the basis is replicated (the reference ``b_parallel``).
+    axis_name: the mesh axis (default ``"data"``, as ``dho2``): ``update`` runs inside ``shard_map``
+      on local gradients taken at ``pcast`` params; gradients and HVPs are ``pmean``-ed and the basis
+      is replicated (the reference ``b_parallel``). None = one device, no collectives.
     lanczos_dtype: default float64 if x64 is enabled, else float32.
 
   Returns:

@@ -5,6 +5,8 @@ References:
        ICLR 2024 (arXiv:2302.08484), Sec. 3.1 / Alg. 1 (ESE = Lanczos with full re-orthogonalisation).
   [P1] "Accelerating Deep Neural Network Training via Distributed Hybrid Order Optimization"
        (DHO2, arXiv:2505.00982): the Lanczos basis partitioned by parameter coordinate.
+  [L]  C. Lanczos. "An iteration method for the solution of the eigenvalue problem of linear
+       differential and integral operators", J. Res. Nat. Bur. Standards 45(4), 1950.
 
 Layout: the flattened parameter vector (length ``n``) is zero-padded to ``P * s``
 (``s = ceil(n / P)``); device ``p`` of the mesh axis owns coordinates ``[p*s, (p+1)*s)``.
@@ -113,7 +115,7 @@ class LanczosResult(NamedTuple):
 
 def lanczos(hvp_fn: Callable, n: int, m: int, key, *, axis_name=None, num_shards: int = 1,
             dtype=None) -> LanczosResult:
-  """``m`` Lanczos iterations with full double re-orthogonalisation ([F] Alg. 1; Lanczos 1950).
+  """``m`` Lanczos iterations with full double re-orthogonalisation ([F] Alg. 1; [L]).
 
   Builds the tridiagonal ``T = V H V^T`` with ``V`` (m x n) orthonormal rows:
   ``w = H v_i; a_i = w.v_i; w -= V^T (V w)`` (twice); ``b_i = ||w||; v_{i+1} = w / b_i``.

@@ -34,7 +34,7 @@ def test_base_state_built_from_params(name, p):
   refresh), f32, <= 1e-5 relative. schedule_free_sgd keeps z = params in its state, so a state
   built from zeros gives a different first update (issue 11, 2.5)."""
   params, loss, batch = softmax_problem(rows=64)
-  ref_p, _, ref_u = run_single(dho.fosi(PARAM_BASES[name](), loss, **KW), params, loss, batch, STEPS)
+  ref_p, _, ref_u = run_single(dho.fosi(PARAM_BASES[name](), loss, axis_name=None, **KW), params, loss, batch, STEPS)
   ps, _, us, _ = run_sharded(dho.dho2(PARAM_BASES[name](), loss, num_shards=p, **KW), params, loss, batch,
                              STEPS, p)
   errs = [_rel(us[i], ref_u[i]) for i in range(STEPS)]
@@ -59,8 +59,9 @@ def test_replicated_base_global_norm_exact():
   """replicated_base=True: dho2 over 8 devices with clip_by_global_norm then heavy ball == fosi on one
   device, f32 <= 1e-5 relative on every update; the clip is active (unclipped fosi differs by > 1e-2)."""
   params, loss, batch = softmax_problem(rows=64)
-  ref_p, _, ref_u = run_single(dho.fosi(_clip_hb(), loss, **KW), params, loss, batch, STEPS)
-  _, _, plain_u = run_single(dho.fosi(optax.sgd(0.1, momentum=0.9), loss, **KW), params, loss, batch, STEPS)
+  ref_p, _, ref_u = run_single(dho.fosi(_clip_hb(), loss, axis_name=None, **KW), params, loss, batch, STEPS)
+  plain = dho.fosi(optax.sgd(0.1, momentum=0.9), loss, axis_name=None, **KW)
+  _, _, plain_u = run_single(plain, params, loss, batch, STEPS)
   assert min(_rel(plain_u[i], ref_u[i]) for i in range(STEPS)) > 1e-2
   tx = dho.dho2(_clip_hb(), loss, num_shards=8, replicated_base=True, **KW)
   ps, ss, us, _ = run_sharded(tx, params, loss, batch, STEPS, 8)

@@ -39,7 +39,7 @@ def test_newton_step_exact_in_subspace(x64):
   """Spec 7.6: fosi_sgd, base lr 0, alpha 1, W=1: top-5 component of x - x* shrinks >= 1e6, rest fixed."""
   a, ev, q, xstar, params = _quad_setup()
   loss = quad_loss(a, xstar)
-  tx = dho.fosi_sgd(optax.sgd(0.0), loss, k=5, m=20, alpha=1.0, warmup=1, refresh_every=100)
+  tx = dho.fosi_sgd(optax.sgd(0.0), loss, axis_name=None, k=5, m=20, alpha=1.0, warmup=1, refresh_every=100)
   new, _, state = _one_step(tx, params, loss)
   top, rest = np.arange(5), np.arange(5, 200)
   before, after = _components(params["x"], xstar, q, top), _components(new["x"], xstar, q, top)
@@ -53,7 +53,7 @@ def test_fosi_adam_ema_multiplies_top_component_by_0_9(x64):
   """Spec 7.7: EMA (1-beta) g1 + beta vel without bias correction -> factor exactly 0.9."""
   a, ev, q, xstar, params = _quad_setup()
   loss = quad_loss(a, xstar)
-  tx = dho.fosi_adam(optax.sgd(0.0), loss, k=5, m=20, alpha=1.0, warmup=1, refresh_every=100)
+  tx = dho.fosi_adam(optax.sgd(0.0), loss, axis_name=None, k=5, m=20, alpha=1.0, warmup=1, refresh_every=100)
   new, _, state = _one_step(tx, params, loss)
   top = np.arange(5)
   ratio = _components(new["x"], xstar, q, top) / _components(params["x"], xstar, q, top)
@@ -66,15 +66,15 @@ def test_scale_c_as_specified(x64):
   a, ev, q, xstar, params = _quad_setup()
   loss = quad_loss(a, xstar)
   kw = dict(k=5, m=20, alpha=0.0, warmup=1, refresh_every=100)
-  _, u, state = _one_step(dho.fosi_sgd(optax.sgd(0.01), loss, **kw), params, loss)
+  _, u, state = _one_step(dho.fosi_sgd(optax.sgd(0.01), loss, axis_name=None, **kw), params, loss)
   assert float(state.scale) == pytest.approx(100 / 60, rel=1e-9)
   g = np.asarray(jax.grad(loss)(params, None)["x"])
   proj = q[:, :5] @ q[:, :5].T
   g2 = g - proj @ g
   np.testing.assert_allclose(np.asarray(u["x"]), -(100 / 60) * 0.01 * g2, atol=1e-9)
-  _, _, s2 = _one_step(dho.fosi_momentum(optax.sgd(0.01), loss, scale_clip=1.5, **kw), params, loss)
+  _, _, s2 = _one_step(dho.fosi_momentum(optax.sgd(0.01), loss, axis_name=None, scale_clip=1.5, **kw), params, loss)
   assert float(s2.scale) == 1.5
-  _, _, s3 = _one_step(dho.fosi_adam(optax.sgd(0.01), loss, **kw), params, loss)
+  _, _, s3 = _one_step(dho.fosi_adam(optax.sgd(0.01), loss, axis_name=None, **kw), params, loss)
   assert float(s3.scale) == 1.0
 
 
@@ -83,7 +83,7 @@ def test_negative_curvature_uses_abs_eigenvalue(x64):
   a, ev, q, xstar, params = _quad_setup(smallest=-2.0)
   loss = quad_loss(a, xstar)
   neg = int(np.argmin(ev))
-  tx = dho.fosi_sgd(optax.sgd(0.0), loss, k=5, l=1, alpha=1.0, warmup=1, refresh_every=100)
+  tx = dho.fosi_sgd(optax.sgd(0.0), loss, axis_name=None, k=5, l=1, alpha=1.0, warmup=1, refresh_every=100)
   new, _, state = _one_step(tx, params, loss)
   assert float(state.eigvals[0]) == pytest.approx(-2.0, rel=1e-8)
   ratio = _components(new["x"], xstar, q, [neg]) / _components(params["x"], xstar, q, [neg])
@@ -101,8 +101,8 @@ def test_r0_bit_equal_to_base_and_before_warmup(base):
   params, loss, batch = softmax_problem()
   plain = _PlainBase(base)
   grad = jax.jit(jax.grad(loss))
-  txs = {"base": plain, "r0": dho.fosi(base, loss, k=0, l=0),
-         "w5": dho.fosi(base, loss, k=3, m=12, warmup=5, refresh_every=3)}
+  txs = {"base": plain, "r0": dho.fosi(base, loss, axis_name=None, k=0, l=0),
+         "w5": dho.fosi(base, loss, axis_name=None, k=3, m=12, warmup=5, refresh_every=3)}
   states = {k: tx.init(params) for k, tx in txs.items()}
   steps = {k: jax.jit(lambda g, s, p, tx=tx: tx.update(g, s, p, batch=batch)) for k, tx in txs.items()}
   for i in range(6):
@@ -141,7 +141,7 @@ class _PlainBase:
 def test_refresh_schedule_w5_t3():
   """Spec 7.5: W=5, T=3 -> refreshes at 0-based calls 4, 7, 10 (non-quadratic loss)."""
   params, loss, batch = softmax_problem()
-  tx = dho.fosi(optax.sgd(0.1), loss, k=2, m=8, warmup=5, refresh_every=3)
+  tx = dho.fosi(optax.sgd(0.1), loss, axis_name=None, k=2, m=8, warmup=5, refresh_every=3)
   _, states, _ = run_single(tx, params, loss, batch, 12)
   changed = [i for i in range(12) if not np.array_equal(states[i + 1].eigvals, states[i].eigvals)]
   assert changed == [4, 7, 10]
@@ -152,7 +152,7 @@ def test_matches_numpy_reference_fosi(x64):
   params, loss, batch = softmax_problem(dtype=np.float64)
   params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
   k, m, alpha, beta, lr = 3, 12, 0.1, 0.9, 0.1
-  tx = dho.fosi_momentum(optax.sgd(lr), loss, k=k, m=m, warmup=2, refresh_every=3, alpha=alpha)
+  tx = dho.fosi_momentum(optax.sgd(lr), loss, axis_name=None, k=k, m=m, warmup=2, refresh_every=3, alpha=alpha)
   ps, states, us = run_single(tx, params, loss, batch, 5)
   flat0, unravel = jax.flatten_util.ravel_pytree(params)
   n = flat0.shape[0]
@@ -185,7 +185,7 @@ def test_compiles_once_and_state_stable():
   def counting_loss(p, b):
     traces.append(1)
     return loss(p, b)
-  tx = dho.fosi(optax.adam(0.01), counting_loss, k=2, m=8, warmup=2, refresh_every=2)
+  tx = dho.fosi(optax.adam(0.01), counting_loss, axis_name=None, k=2, m=8, warmup=2, refresh_every=2)
   state = tx.init(params)
   step = jax.jit(lambda g, s, p: tx.update(g, s, p, batch=batch))
   s0 = state
@@ -204,15 +204,15 @@ def test_bad_input_errors():
   params, loss, batch = softmax_problem()         # n = 65
   base = optax.sgd(0.1)
   with pytest.raises(ValueError, match="k \\+ l = 70 exceeds"):
-    dho.fosi(base, loss, k=60, l=10, m=80).init(params)
+    dho.fosi(base, loss, axis_name=None, k=60, l=10, m=80).init(params)
   with pytest.raises(ValueError, match="m \\(Lanczos iterations\\) must be >= k \\+ l"):
-    dho.fosi(base, loss, k=5, l=2, m=6)
+    dho.fosi(base, loss, axis_name=None, k=5, l=2, m=6)
   with pytest.raises(ValueError, match="refresh_every"):
-    dho.fosi(base, loss, refresh_every=0)
+    dho.fosi(base, loss, axis_name=None, refresh_every=0)
   with pytest.raises(ValueError, match="momentum"):
-    dho.fosi(base, loss, momentum="adamish")
+    dho.fosi(base, loss, axis_name=None, momentum="adamish")
   with pytest.raises(ValueError, match="curvature batch"):
-    tx = dho.fosi(base, loss, k=2, m=8)
+    tx = dho.fosi(base, loss, axis_name=None, k=2, m=8)
     tx.update(jax.grad(loss)(params, batch), tx.init(params), params)
   with pytest.raises(ValueError, match="num_shards"):
     dho.dho2(base, loss, num_shards=4, axis_name=None)
@@ -220,3 +220,15 @@ def test_bad_input_errors():
     dho.dho2(base, loss, refresh_every=4, curvature_delay=4)
   with pytest.raises(ValueError, match="admm"):
     dho.dho2(base, loss, admm="consensus-ish")
+
+
+@pytest.mark.parametrize("make", [dho.fosi, dho.fosi_adam, lambda b, f: dho.dho2(b, f, num_shards=1),
+                                  lambda b, f: dho.consensus_admm(b, f, admm_rho=1.0, admm_period=2, num_shards=1)],
+                         ids=["fosi", "fosi_adam", "dho2", "consensus_admm"])
+def test_axis_default_is_data_and_unbound_axis_is_named(make):
+  """Issue 12 §4: every constructor defaults to axis_name="data"; its update outside shard_map
+  names the axis and the fix (axis_name=None) instead of JAX's unbound-axis NameError."""
+  params, loss, batch = softmax_problem()
+  tx = make(optax.sgd(0.1), loss)
+  with pytest.raises(ValueError, match="axis_name='data' is not a mesh axis here.*axis_name=None"):
+    tx.update(jax.grad(loss)(params, batch), tx.init(params), params, batch=batch)

@@ -30,7 +30,7 @@ def test_sharded_equals_unsharded(x64, name):
   Adam over P in {1, 2, 4, 8}; SGD and heavy ball over {2, 8} (CPU time)."""
   base = BASES[name]
   params, loss, batch = softmax_problem(rows=64)
-  ref_p, ref_s, ref_u = run_single(dho.fosi(base, loss, **KW), params, loss, batch, 4)
+  ref_p, ref_s, ref_u = run_single(dho.fosi(base, loss, axis_name=None, **KW), params, loss, batch, 4)
   for p in ((1, 2, 4, 8) if name == "adam" else (2, 8)):
     ps, ss, us, _ = run_sharded(dho.dho2(base, loss, num_shards=p, **KW), params, loss, batch, 4, p)
     for i in range(4):
@@ -43,7 +43,7 @@ def test_replicated_basis_mode_equals_unsharded(x64):
   """fosi(axis_name=...) (the reference b_parallel: pmean of grads and HVPs) == one device."""
   params, loss, batch = softmax_problem(rows=64)
   base = optax.adam(0.01)
-  ref_p, _, _ = run_single(dho.fosi(base, loss, **KW), params, loss, batch, 3)
+  ref_p, _, _ = run_single(dho.fosi(base, loss, axis_name=None, **KW), params, loss, batch, 3)
   ps, _, _, _ = run_sharded(dho.fosi(base, loss, axis_name="data", **KW), params, loss, batch, 3, 8)
   assert _maxdiff(ps[-1], ref_p[-1]) <= 1e-6
 
@@ -107,7 +107,7 @@ def test_curvature_delay():
   kw = dict(KW, refresh_every=4, warmup=1)
   _, s0, _ = run_single(dho.dho2(base, loss, axis_name=None, **kw), params, loss, batch, 1)
   _, sd, ud = run_single(dho.dho2(base, loss, axis_name=None, curvature_delay=2, **kw), params, loss, batch, 4)
-  _, _, ub = run_single(dho.fosi(base, loss, k=0), params, loss, batch, 2)
+  _, _, ub = run_single(dho.fosi(base, loss, axis_name=None, k=0), params, loss, batch, 2)
   snap = np.asarray(s0[1].fosi.eigvals)                   # computed at call 0 from params_0
   assert np.all(snap > 0)
   np.testing.assert_array_equal(sd[1].pending.eigvals, snap)   # snapshot taken at call 0 ...
