@@ -42,6 +42,9 @@ def _config(arg=None, **overrides):
     ("algo.redundancy", {"algo.allocation": "bibd", "algo.redundancy": 2}),
     ("num_devices", {"algo.allocation": "bibd", "algo.redundancy": 3}),          # Fano needs 7 devices
     ("algo.partitions_per_group", {"algo.partitions_per_group": 0}),
+    ("algo.partitions_per_group", {"algo.allocation": "cyclic", "algo.partitions_per_group": 2}),   # frc only
+    ("algo.allocation", {"algo.allocation": "custom"}),                          # needs a matrix
+    ("algo.bound", {"algo.bound": "inf"}),
     ("algo.wire", {"algo.wire": "int8_psum"}),                                   # with bound = linf
     ("algo.wire", {"algo.wire": "int8_psum", "algo.scheme": "sgc"}),
     ("algo.wire", {"algo.wire": "int8_psum", "algo.scheme": "ef_signsgd"}),
