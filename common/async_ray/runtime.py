@@ -1,7 +1,7 @@
 """``config.runtime == "ray"``: the launcher's entry to the Ray runtimes of issue 16.
 
 ``config.algorithm == "sign1bit"`` (configs/async_sign1bit.py) runs 1-bit gradient coding with real
-stragglers (``gc.py``; ``run_gc``); otherwise the asynchronous DAP/TAP-SVRG parameter server
+stragglers (``gc.py``; ``_run_gc``); otherwise the asynchronous DAP/TAP-SVRG parameter server
 (configs/async_dap_svrg.py). Both start a private local Ray node on loopback, or join
 ``ray_address`` (``ps.start_ray``; unreachable: one line naming ray_address, exit 2).
 
@@ -11,6 +11,10 @@ metrics.jsonl (one line per epoch: loss, relative gap to the sklearn optimum, wa
 version, delay mean/max/histogram, refused reads, uplink/downlink bytes, cum_bytes, live workers),
 updates.npz (every server update's worker, true delay, server time and service time),
 checkpoints/<epoch>/params.npz, final_params.npz and summary.json. A rerun starts afresh (no resume).
+The gradient-coding run writes one metrics line per step (loss F(w), wall_time, step_s, active |R_t|,
+arrived and live workers, uplink_bits, bits_per_step, cum_bytes, clipped), checkpoints every
+checkpoint_every steps and at the end, and summary.json with time_to_target when target_loss > 0.
+A lost server is one line naming it and the last checkpoint kept (exit 4).
 """
 from __future__ import annotations
 
@@ -246,6 +250,7 @@ def _run_gc(config, workdir, say) -> Result:
   out = gc.run(spec, on_step=on_step, log=say)
   np.savez(os.path.join(workdir, "final_params.npz"), w=out["w"])
   last = out["records"][-1]
+  _save_params(workdir, last["step"], out["w"])   # the final checkpoint, as the SPMD harness writes it
   ttt, ttt_step = gc.time_to_target(out["records"], config.target_loss) if config.target_loss else (None, None)
   final = {"loss": last["loss"], "test_accuracy": out["test_accuracy"], "wall_time": last["wall_time"],
            "steps": last["step"], "uplink_bits": last["uplink_bits"], "startup_s": out["startup_s"],
