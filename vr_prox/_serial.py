@@ -32,8 +32,24 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from vr_prox._dap import SCHEDULES, full_gradient
-from vr_prox._prox import is_prox
+from vr_prox._dap import _check_options, full_gradient, variance_reduced_gradient, worker_delta
+
+
+def _traces(total: int, num_workers: int, max_delay: int, delay_schedule: str, delay_trace, worker_trace):
+  """Validated replay arrays: (delays int32 [total] or [1] zeros, worker ids int32 [total] or None)."""
+  if delay_schedule == "trace":
+    trace = np.asarray(delay_trace)
+    if trace.shape != (total,) or trace.min() < 0 or trace.max() > max_delay:
+      raise ValueError(f"delay_trace must be {total} integers in [0, {max_delay}]")
+    trace = jnp.asarray(trace, jnp.int32)
+  else:
+    trace = jnp.zeros((1,), jnp.int32)
+  if worker_trace is None:
+    return trace, None
+  wt = np.asarray(worker_trace)
+  if wt.shape != (total,) or wt.min() < 0 or wt.max() >= num_workers:
+    raise ValueError(f"worker_trace must be {total} worker ids in [0, {num_workers})")
+  return trace, jnp.asarray(wt, jnp.int32)
 
 
 def serial_epoch(example_loss_fn: Callable, prox, params, data, mask, key, *, learning_rate: float,
@@ -58,31 +74,11 @@ def serial_epoch(example_loss_fn: Callable, prox, params, data, mask, key, *, le
   Returns:
     the server iterate after the epoch.
   """
-  if not is_prox(prox):
-    raise ValueError(f"prox must be a proximal operator, got {prox!r}")
-  if isinstance(max_delay, bool) or not isinstance(max_delay, (int, np.integer)) or max_delay < 0:
-    raise ValueError(f"max_delay must be an integer >= 0, got {max_delay!r}")
-  if delay_schedule not in SCHEDULES:
-    raise ValueError(f"unknown delay_schedule {delay_schedule!r}; allowed: {', '.join(SCHEDULES)}")
-  if server not in ("add", "prox"):
-    raise ValueError(f"unknown server {server!r}; allowed: add, prox")
   if not isinstance(num_workers, int) or num_workers < 1:
     raise ValueError(f"num_workers must be a positive integer, got {num_workers!r}")
+  _check_options(learning_rate, prox, max_delay, delay_schedule, relaxation, server, "per_update")
   total = rounds * num_workers
-  if delay_schedule == "trace":
-    trace = np.asarray(delay_trace)
-    if trace.shape != (total,) or trace.min() < 0 or trace.max() > max_delay:
-      raise ValueError(f"delay_trace must be {total} integers in [0, {max_delay}]")
-    trace = jnp.asarray(trace, jnp.int32)
-  else:
-    trace = jnp.zeros((1,), jnp.int32)
-  if worker_trace is not None:
-    wt = np.asarray(worker_trace)
-    if wt.shape != (total,) or wt.min() < 0 or wt.max() >= num_workers:
-      raise ValueError(f"worker_trace must be {total} worker ids in [0, {num_workers})")
-    worker_ids = jnp.asarray(wt, jnp.int32)
-  else:
-    worker_ids = None
+  trace, worker_ids = _traces(total, num_workers, max_delay, delay_schedule, delay_trace, worker_trace)
   size = max_delay + 1
   rows = mask.shape[0] // num_workers
   counts = jnp.sum(mask.reshape(num_workers, rows), axis=1)
@@ -116,14 +112,10 @@ def serial_epoch(example_loss_fn: Callable, prox, params, data, mask, key, *, le
     batch = jax.tree.map(lambda a: a[idx], data)
     g = jax.grad(batch_loss)(x_hat, batch)
     w = num_workers * counts[worker].astype(dtype) / n
-    if variance_reduced:
-      gs = jax.grad(batch_loss)(snapshot, batch)
-      v = jax.tree.map(lambda a, b, m: w * (a - b) + m, g, gs, mu)
-    else:
-      v = jax.tree.map(lambda a: w * a, g)
+    v = variance_reduced_gradient(g, jax.grad(batch_loss)(snapshot, batch) if variance_reduced else None, mu, w)
     if server == "add":
-      u = prox(jax.tree.map(lambda a, b: a - learning_rate * b, x_hat, v), learning_rate)
-      x = jax.tree.map(lambda xi, ui, xh: xi + relaxation * (ui - xh), x, u, x_hat)
+      delta = worker_delta(prox, x_hat, v, learning_rate)
+      x = jax.tree.map(lambda xi, di: xi + relaxation * di, x, delta)
     else:
       x = prox(jax.tree.map(lambda a, b: a - learning_rate * b, x, v), learning_rate)
     head = (head + 1) % size
