@@ -90,3 +90,21 @@ def test_k_zero_runs_as_the_base_optimizer(variant):
   config.num_steps, config.log_every = 3, 3
   result = train.run(config, None, quiet=True)
   assert result.status == "ok" and len(result.history) == 3
+
+
+def test_k_checked_against_the_configured_transformer():
+  """Issue 14: ``algo.k`` is checked against the model the config builds (``models.from_config``:
+  d_model, num_heads, num_layers, channels), not a model made from ``widths`` alone. Before, the
+  count was the default-sized transformer's (> 1M), so k + l above this 1-layer d_model=16 model's
+  count passed validation."""
+  import jax
+  from common import models
+  from common.algos.base import param_count
+  config = importlib.import_module("configs.transformer_text").get_config("dho2")
+  config = override(config, d_model=16, num_heads=2, num_layers=1, **{"algo.m": None})
+  dataset = train.validate(config, available_devices=8)
+  n = param_count(jax.eval_shape(models.from_config(config, dataset).init, jax.random.key(0)))
+  config.algo.k = n - config.algo.l + 1
+  with pytest.raises(ConfigError) as err:
+    train.validate(config, available_devices=8)
+  assert err.value.field == "algo.k" and f"the model's {n} parameters" in str(err.value)

@@ -38,8 +38,8 @@ default_config = defaults.dho
 
 
 def _num_params(config, dataset) -> int:
-  model = models.make(config.model, num_features=dataset.num_features, num_classes=dataset.num_classes,
-                      widths=tuple(config.widths), use_bias=config.use_bias)
+  """The parameter count of the model ``config`` builds (every model field: cnn, transformer, mlp)."""
+  model = models.from_config(config, dataset)
   return param_count(jax.eval_shape(model.init, jax.random.key(0)))
 
 
