@@ -197,13 +197,6 @@ def sample_batch(shard: Shard, key: jax.Array, batch_size: int) -> Shard:
   return Shard(shard.x[idx], shard.y[idx], jnp.ones((batch_size,), jnp.float32))
 
 
-def epoch_batches(num_rows: int, batch_size: int, key: jax.Array) -> jax.Array:
-  """A permutation of ``num_rows`` row indices cut into ``[num_rows // batch_size, batch_size]``."""
-  perm = jax.random.permutation(key, num_rows)
-  usable = (num_rows // batch_size) * batch_size
-  return perm[:usable].reshape(-1, batch_size)
-
-
 def sparse_logistic_csr(num_rows: int, num_features: int, *, nnz: tuple[int, int] = (20, 60),
                         support: float = 0.005, seed: int = 0):
   """A seeded sparse binary problem in the shape of a text data set (news20, rcv1): ``(x, y, w_true)``.
