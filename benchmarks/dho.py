@@ -19,6 +19,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+from jax.flatten_util import ravel_pytree  # noqa: E402
 from absl import logging  # noqa: E402
 
 import dho  # noqa: E402
@@ -46,12 +47,30 @@ def _per_device_bytes(tree):
   return sum(next(iter(a.addressable_shards)).data.nbytes for a in jax.tree.leaves(tree))
 
 
+def _context(exp):
+  return BuildContext(model=exp.model, dataset=exp.dataset, params=exp.params, num_devices=exp.mesh.shape[AXIS],
+                      batch_per_device=exp.config.batch_size // exp.mesh.shape[AXIS])
+
+
+def _hvp_bytes(exp):
+  """Bytes of one Hessian-vector product of the model alone, on one device's batch: the compiled
+  ``jvp(grad(loss))``'s temporaries plus its n-float output (the tangent is its argument). The
+  params are replicated under data parallelism, so this part of a refresh does not shrink with P."""
+  ctx = _context(exp)
+  flat, unravel = ravel_pytree(exp.params)
+  hvp = jax.jit(lambda p, v, b: ravel_pytree(jax.jvp(lambda q: jax.grad(ctx.loss_fn)(q, b), (p,),
+                                                     (unravel(v),))[1])[0])
+  shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), (exp.params, flat, exp.shard))
+  batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct((ctx.batch_per_device,) + a.shape[1:], a.dtype), shapes[2])
+  mem = hvp.lower(shapes[0], shapes[1], batch).compile().memory_analysis()
+  return mem.temp_size_in_bytes + mem.output_size_in_bytes
+
+
 def _measured_basis_bytes(exp, variant, m):
   """Per-device bytes of the Lanczos basis a refresh builds on the experiment's own model:
   ``dho.curvature_basis`` (the function ``fosi``/``dho2`` call at each refresh) on the model's loss at
   its initial params and the first local rows of each device's shard, under the experiment's mesh."""
-  ctx = BuildContext(model=exp.model, dataset=exp.dataset, params=exp.params, num_devices=exp.mesh.shape[AXIS],
-                     batch_per_device=exp.config.batch_size // exp.mesh.shape[AXIS])
+  ctx = _context(exp)
 
   def body(params, shard):
     batch = jax.tree.map(lambda a: a[:ctx.batch_per_device], shard)
@@ -77,7 +96,7 @@ def memory_rows(widths=(256, 256), k=10, m=40):
                        velocity=_per_device_bytes(fs.velocity), base=_per_device_bytes(fs.base_state),
                        state=_per_device_bytes(exp.opt_state), basis=_measured_basis_bytes(exp, variant, m),
                        basis_analytic=dho.basis_bytes(n, m, p if variant == "dho2" else 1),
-                       temp=mem.temp_size_in_bytes, args=mem.argument_size_in_bytes,
+                       temp=mem.temp_size_in_bytes, args=mem.argument_size_in_bytes, hvp=_hvp_bytes(exp),
                        payload=comm.collective_bytes(compiled).payload,
                        plain=comm.collective_bytes(compiled, taken={"refresh": False, "hybrid": True}).payload))
       print("memory", rows[-1], flush=True)
@@ -188,20 +207,27 @@ def memory_markdown(mem, cmd, seconds):
        "compiled train step's `memory_analysis()` (the basis lives only inside the refresh, so it is in temp); "
        "payload = measured collective bytes per device of the compiled step (`comm.collective_bytes`): the "
        "plain FOSI step's branch, and the refresh step's (the largest). At P = 1 XLA keeps the group-of-one "
-       "collectives, which move nothing.", "",
+       "collectives, which move nothing. *model HVP* = `memory_analysis()` temp + output of the model's "
+       "Hessian-vector product alone (`jvp(grad(loss))` on one device's batch, tangent as argument): the "
+       "n-sized part of a refresh that data parallelism does not shrink (params replicated); *floor* = "
+       "basis + model HVP.", "",
        "| variant | P | basis (measured) | basis analytic | eigvec r x s | velocity | base state | all opt state "
-       "| compiled temp | compiled args | payload plain step | payload refresh step |",
-       "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+       "| compiled temp | model HVP | floor | compiled args | payload plain step | payload refresh step |",
+       "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in mem:
     L.append(f"| {r['variant']} | {r['P']} | {r['basis']:,} | {r['basis_analytic']:,} | {r['eigvec']:,} | "
-             f"{r['velocity']:,} | {r['base']:,} | {r['state']:,} | {r['temp']:,} | {r['args']:,} | "
-             f"{r['plain']:,.0f} | {r['payload']:,.0f} |")
+             f"{r['velocity']:,} | {r['base']:,} | {r['state']:,} | {r['temp']:,} | {r['hvp']:,} | "
+             f"{r['basis'] + r['hvp']:,} | {r['args']:,} | {r['plain']:,.0f} | {r['payload']:,.0f} |")
   d = {(r["variant"], r["P"]): r for r in mem}
   f8, d8, d1 = d[("fosi", 8)], d[("dho2", 8)], d[("dho2", 1)]
   L += ["", f"At P = 8, dho2 / fosi per device: basis {d8['basis'] / f8['basis']:.3f}, all optimizer state "
         f"{d8['state'] / f8['state']:.3f}, compiled temp {d8['temp'] / f8['temp']:.3f}, compiled args "
         f"{d8['args'] / f8['args']:.3f}. dho2 P = 8 / P = 1: basis {d8['basis'] / d1['basis']:.3f}, state "
-        f"{d8['state'] / d1['state']:.3f}, temp {d8['temp'] / d1['temp']:.3f}."]
+        f"{d8['state'] / d1['state']:.3f}, temp {d8['temp'] / d1['temp']:.3f}. The temp of dho2 at P = 8 is "
+        f"{(d8['temp'] - d8['basis']) / (4 * d8['n']):.2f} n-vectors (f32) beyond its basis slice; the floor "
+        f"(basis slice + the model's HVP) is {(d8['basis'] + d8['hvp']) / d1['temp']:.3f} of the P = 1 temp and "
+        f"{(d8['basis'] + d8['hvp']) / f8['temp']:.3f} of fosi's at P = 8: the temp ratio reachable while the "
+        "params are replicated."]
   return "\n".join(L)
 
 

@@ -142,9 +142,9 @@ def lanczos(hvp_fn: Callable, n: int, m: int, key, *, axis_name=None, num_shards
   v0 = jax.random.normal(key, (n,), dt)
   v0 = v0 / jnp.linalg.norm(v0)
   v_loc = layout.own(v0)
-  basis = jnp.zeros((m, layout.shard_size if layout.sharded else n), dt)
-  if layout.sharded:
-    basis = lax.pcast(basis, axis_name, to="varying")
+  # Row 0 is the start vector (the loop sets it again): the (m, s) basis is allocated after the
+  # start vector's n-length random bits are dead, not next to them (issue 14, compiled temp).
+  basis = jnp.concatenate([v_loc[None], jnp.zeros((m - 1, v_loc.shape[0]), dt)])
   tri = jnp.zeros((m, m), dt)
 
   def body(i, carry):

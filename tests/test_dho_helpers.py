@@ -47,6 +47,24 @@ def softmax_problem(seed=0, rows=64, d=12, c=5, dtype=np.float32):
   return params, loss, (x, y)
 
 
+def mlp_problem(widths=(64, 256, 256, 10), rows=128, seed=0):
+  """A tanh MLP with softmax cross-entropy on random data (n = 85,002 with the default widths, the
+  digits MLP's shape)."""
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(rows, widths[0])).astype(np.float32)
+  y = rng.integers(0, widths[-1], rows).astype(np.int32)
+  params = [{"w": jnp.asarray(rng.normal(size=(a, b)) / np.sqrt(a), jnp.float32), "b": jnp.zeros((b,), jnp.float32)}
+            for a, b in zip(widths[:-1], widths[1:])]
+
+  def loss(p, batch):
+    h, by = batch
+    for i, layer in enumerate(p):
+      h = h @ layer["w"] + layer["b"]
+      h = jnp.tanh(h) if i + 1 < len(p) else h
+    return optax.softmax_cross_entropy_with_integer_labels(h, by).mean()
+  return params, loss, (x, y)
+
+
 def run_single(tx, params, loss, batch, steps):
   """jit single-device loop: returns (params list, state list, update list)."""
   state = tx.init(params)
@@ -64,10 +82,9 @@ def run_single(tx, params, loss, batch, steps):
   return ps, ss, us
 
 
-def run_sharded(tx, params, loss, batch, steps, p):
-  """shard_map loop over p devices (batch rows split; ``init``'s global layout placed by ``state_specs``)."""
-  m = mesh(p)
-  state = tx.init(params)
+def sharded_step(tx, state, loss, p):
+  """``jit(shard_map(step))`` over p devices: local gradient at ``pcast`` params, ``tx.update`` with
+  the local batch; state placed by ``state_specs``. Returns ``step(params, state, x, y)``."""
   specs = dho.state_specs(state, AXIS)
 
   def body(params, state, bx, by):
@@ -75,8 +92,14 @@ def run_sharded(tx, params, loss, batch, steps, p):
     u, state = tx.update(g, state, params, batch=(bx, by))
     return optax.apply_updates(params, u), state, u
 
-  step = jax.jit(jax.shard_map(body, mesh=m, in_specs=(jax.P(), specs, jax.P(AXIS), jax.P(AXIS)),
+  return jax.jit(jax.shard_map(body, mesh=mesh(p), in_specs=(jax.P(), specs, jax.P(AXIS), jax.P(AXIS)),
                                out_specs=(jax.P(), specs, jax.P())))
+
+
+def run_sharded(tx, params, loss, batch, steps, p):
+  """shard_map loop over p devices (batch rows split; ``init``'s global layout placed by ``state_specs``)."""
+  state = tx.init(params)
+  step = sharded_step(tx, state, loss, p)
   ps, ss, us = [params], [state], []
   for _ in range(steps):
     params, state, u = step(params, state, *batch)
