@@ -11,6 +11,10 @@ l2 = 1e-2); the logged gap is relative to sklearn's optimum (common/references.p
 one epoch: the workers' shard gradients are combined into mu~, then the server takes
 updates_per_epoch asynchronous updates. A read older than max_delay (tau) server updates is
 refused and re-read. relaxation is DAP's theta (1 = the paper's server, which only adds).
+ray_address None starts a private local Ray node; "host:port" joins a running cluster (probed first:
+unreachable is one line naming ray_address, exit 2). kill_server_at_version >= 0 makes the server's
+process exit at that version: the run ends with one line naming the lost parameter server and the
+last checkpoint kept (exit 4).
 """
 import ml_collections
 
