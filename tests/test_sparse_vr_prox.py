@@ -159,3 +159,28 @@ def test_dap_svrg_on_a_100k_feature_svmlight_problem(tmp_path):
   run = bench.dap_svrg_run(x, y, 4, 8, lambda w: (bench.objective(x, y, w) - p_star) / p_star, 4.0)
   assert run["gaps"][-1] <= 1e-4 and run["gaps"][-1] < run["gaps"][0] / 100, run["gaps"]
   assert run["measured"] == run["analytic"] == (run["rounds"] + 1) * 4 * x.shape[1] + 4
+
+
+def test_harness_runs_a_small_sparse_svmlight_file_and_refuses_a_large_one(tmp_path):
+  """Through ``train.run``: a CSR dataset small enough to densify trains and evaluates (``shard_rows``
+  densifies it: the device rows equal those of the same rows given dense), and one over 2^28 padded
+  floats fails with the ConfigError naming ``dataset`` before anything compiles."""
+  from common import train
+  from configs.common import base_config
+  x, y, _ = data.sparse_logistic_csr(400, 300, nnz=(5, 15), seed=2)
+  overrides = dict(model="logistic", optimizer="sgd", lr=0.5, batch_size=64, num_steps=5, log_every=1000,
+                   eval_every=0, checkpoint_every=0)
+  config = base_config("dense")
+  config.update(dict(overrides, dataset=f"svmlight:{_dump(tmp_path, x, y)}"))
+  result = train.run(config, quiet=True)
+  assert np.isfinite(result.final["test_loss"]) and result.final["test_accuracy"] >= 0.5
+  ds = data.load(config.dataset)
+  assert data.is_sparse(ds.x_train) and data.is_sparse(ds.x_test)
+  dense_ds = data.Dataset("dense", ds.x_train.toarray(), ds.y_train, ds.x_test.toarray(), ds.y_test, 2)
+  sparse_shard, dense_shard = (jax.device_get(train.build(config, d).shard) for d in (ds, dense_ds))
+  for a, b in zip(jax.tree.leaves(sparse_shard), jax.tree.leaves(dense_shard)):
+    np.testing.assert_array_equal(a, b)
+  big, yb, _ = data.sparse_logistic_csr(4_000, 100_000, nnz=(1, 2), seed=0)   # 3,200 train rows: 3.2e8 floats
+  config.dataset = f"svmlight:{_dump(tmp_path, big, yb, 'big.svm')}"
+  with pytest.raises(ConfigError, match="config.dataset: densifying the sparse rows"):
+    train.run(config, quiet=True)
