@@ -3,7 +3,7 @@
 ``elastic_net``: vr_prox spec problem B (``common.references.breast_cancer_elastic_net``),
 binary logistic loss on unit rows, h = l1 |w|_1 + (l2/2) |w|^2, reference optimum from sklearn.
 ``trace_norm``: multinomial logistic regression on digits (same preprocessing: standardized
-columns, unit rows), W of shape (64, 10), h = lam ||W||_* (vr_prox/_trace_norm.py); no sklearn
+columns, unit rows), W of shape (64, 10), h = lam ||W||_* (``vr_prox.prox_trace_norm``); no sklearn
 reference (its optimum is not a sklearn model), so runs report the objective only.
 """
 from __future__ import annotations
@@ -69,8 +69,7 @@ def make_prox(problem: Problem):
   import vr_prox
   if problem.name == "elastic_net":
     return vr_prox.prox_elastic_net(problem.reg["l1"], problem.reg["l2"])
-  from vr_prox._trace_norm import prox_trace_norm
-  return prox_trace_norm(problem.reg["lam"])
+  return vr_prox.prox_trace_norm(problem.reg["lam"])
 
 
 def objective(problem: Problem, w) -> float:
