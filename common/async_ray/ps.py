@@ -67,8 +67,16 @@ def start_ray(num_cpus: int, address: str | None = None, connect_timeout_s: floa
     return False
   if address is not None:
     check_ray_address(address, connect_timeout_s)
-    ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False,
-             runtime_env=_runtime_env())
+    try:
+      ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False,
+               runtime_env=_runtime_env())
+    except Exception as e:  # noqa: BLE001 -- ConnectionError, AuthenticationError, RuntimeError, ...
+      from common.errors import ConfigError
+      ray.shutdown()
+      lines = [l.strip() for l in str(e.__cause__ or e).splitlines() if l.strip() and not l.startswith((" ", "Traceback"))]
+      why = (lines[-1] if lines else type(e).__name__).split(". ")[0][:300]   # its first sentence
+      hint = "; a token-authenticated cluster needs its token (RAY_AUTH_TOKEN)" if "auth" in why.lower() else ""
+      raise ConfigError("ray_address", f"could not join the Ray cluster at {address!r}: {why}{hint}") from None
     return True
   for attempt in range(1, 3):   # Ray waits a fixed 30 s for its raylet; an overloaded machine may need two tries
     try:
