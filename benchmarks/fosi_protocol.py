@@ -391,6 +391,17 @@ def summary(all_rows: list, spec: list) -> list:
   return L
 
 
+def _curves(all_runs: dict, all_rows: list) -> dict:
+  """{"task/base/method/lr": losses} for the runs the table compares."""
+  out = {}
+  for r in all_rows:
+    for method in ("base", "fosi"):
+      lr = r[f"{method}_lr"]
+      if lr is not None:
+        out[f"{r['task']}/{r['base']}/{method}/{lr!r}"] = all_runs[r["task"]][(r["base"], method, lr)].losses
+  return out
+
+
 def _jsonable(rows):
   return [{k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in r.items()} for r in rows]
 
@@ -404,6 +415,8 @@ def main(argv=None):
   parser.add_argument("--spectrum", choices=("auto", "on", "off"), default="auto",
                       help="Hessian eigenvalues at the end of each base's target run (auto: off with --quick)")
   parser.add_argument("--out", default=RESULTS, help="output folder (fosi_protocol.md/.json/.png)")
+  parser.add_argument("--curves", action="store_true",
+                      help="also write the per-step losses of every run in the table into the JSON")
   args = parser.parse_args(argv)
   t_start = time.time()
   budgets = {"lr": 300, "quadratic": 200, "ae": 300} if args.quick else {"lr": 2400, "quadratic": 1000, "ae": 2400}
@@ -469,7 +482,8 @@ def main(argv=None):
   with open(os.path.join(args.out, "fosi_protocol.json"), "w") as f:
     json.dump({"command": cmd, "rows": _jsonable(all_rows), "spectrum": _jsonable(spec),
                "grids": {t.name: {b: list(map(float, lrs)) for b, lrs in t.grids.items()} for t in tasks},
-               "steps": {t.name: t.steps for t in tasks}}, f, indent=1)
+               "steps": {t.name: t.steps for t in tasks},
+               "curves": _curves(all_runs, all_rows) if args.curves else None}, f, indent=1)
   print("\n".join(L))
   print("wrote", os.path.join(args.out, "fosi_protocol.md"))
 

@@ -23,7 +23,8 @@ HEADER = ("| task | base | protocol | target loss | base lr | base steps | base 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
   out = tmp_path_factory.mktemp("fosi_protocol")
-  fp.main(["--quick", "--tasks", "quadratic", "--bases", "gd", "--steps", str(STEPS), "--out", str(out)])
+  fp.main(["--quick", "--tasks", "quadratic", "--bases", "gd", "--steps", str(STEPS), "--curves",
+           "--out", str(out)])
   with open(out / "fosi_protocol.md") as f:
     md = f.read()
   with open(out / "fosi_protocol.json") as f:
@@ -42,19 +43,21 @@ def _table_rows(md):
   return rows
 
 
+def _closed_form_curve(vals, a, eta, steps, k=None):
+  """Losses f_0..f_steps of GD, or of FOSI-GD with exact top-k pairs when k is given (module docstring)."""
+  t = np.arange(steps + 1)[:, None]
+  if k is None:
+    return 0.5 * np.sum(vals * a ** 2 * (1 - eta * vals) ** (2 * t), axis=1)
+  c, rest = vals[-1] / vals[-k], slice(0, len(vals) - k)
+  f = 0.5 * np.sum(vals[rest] * a[rest] ** 2 * (1 - c * eta * vals[rest]) ** (2 * t), axis=1)
+  f[0] = 0.5 * np.sum(vals * a ** 2)
+  return f
+
+
 def _closed_form_steps(vals, a, eta, target, steps, k=None):
   """First t in 0..steps with the closed-form loss <= target (GD; FOSI-GD when k is given), else None."""
-  lam, coef = vals, a ** 2
-  for t in range(steps + 1):
-    if k is None or t == 0:
-      f = 0.5 * np.sum(lam * coef * (1 - eta * lam) ** (2 * t))
-    else:
-      c = lam[-1] / lam[-k]
-      rest = slice(0, len(lam) - k)
-      f = 0.5 * np.sum(lam[rest] * coef[rest] * (1 - c * eta * lam[rest]) ** (2 * t))
-    if f <= target:
-      return t
-  return None
+  hit = np.nonzero(_closed_form_curve(vals, a, eta, steps, k) <= target)[0]
+  return int(hit[0]) if len(hit) else None
 
 
 def test_table_structure(quick_run):
@@ -85,3 +88,16 @@ def test_fosi_gd_matches_the_spectrum(quick_run):
   assert want_fosi is not None and want_fosi < want_gd
   assert row["fosi_lr"] == eta and abs(row["fosi_steps"] - want_fosi) <= max(2, 0.03 * want_fosi)
   assert row["fosi_steps"] < row["base_steps"]
+
+
+def test_fosi_gd_curve_matches_the_closed_form(quick_run):
+  """Every step of the compared runs: GD and FOSI-GD (Newton part zeroes the top-k at step 1, complement at
+  rate c eta) against the float64 closed form."""
+  _, js, _ = quick_run
+  row = js["rows"][0]
+  _, vals, vecs = fp.quadratic_hessian()
+  a = vecs.T @ fp.quadratic_x0(vecs)
+  for method, k in (("base", None), ("fosi", fp.K)):
+    got = np.asarray(js["curves"][f"quadratic/gd/{method}/{row[method + '_lr']!r}"])
+    want = _closed_form_curve(vals, a, row[method + "_lr"], STEPS, k)
+    np.testing.assert_allclose(got, want, rtol=1e-4, err_msg=method)
