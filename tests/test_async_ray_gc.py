@@ -144,3 +144,62 @@ def test_lost_dap_server_is_one_line_and_the_checkpoint_is_kept(tmp_path):
   assert f"last checkpoint kept: {workdir / 'checkpoints' / '1'}" in errors[0]
   assert "Traceback" not in proc.stderr
   assert (workdir / "checkpoints" / "1" / "params.npz").exists()
+
+
+_HEAD = """
+import os, sys, time, ray
+ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+port = ray.get_runtime_context().gcs_address.rsplit(":", 1)[1]
+open(sys.argv[1] + ".tmp", "w").write(port)
+os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+t = time.time()
+while not os.path.exists(sys.argv[2]) and time.time() - t < 300:
+  time.sleep(0.5)
+ray.shutdown()
+"""
+
+
+def _with_head(tmp_path, env, body):
+  """Runs ``body(port)`` against a separate local Ray head process (loopback), then stops it."""
+  import time
+  port_file, stop_file = tmp_path / "port", tmp_path / "stop"
+  head = subprocess.Popen([sys.executable, "-c", _HEAD, str(port_file), str(stop_file)], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.monotonic() + 150
+    while not port_file.exists() and time.monotonic() < deadline and head.poll() is None:
+      time.sleep(0.5)
+    assert port_file.exists(), "the head node did not start"
+    return body(port_file.read_text())
+  finally:
+    stop_file.touch()
+    head.wait(timeout=120)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("auth", ["token", "disabled"])
+def test_ray_address_joins_a_running_head_or_is_one_line(tmp_path, auth):
+  """ray_address = 127.0.0.1:<GCS port> of a head started here: with auth disabled on both sides the
+  run joins it and finishes; a token-authenticated head (Ray's default) without the token is one
+  line naming ray_address, exit 2."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  if auth == "disabled":
+    env["RAY_AUTH_MODE"] = "disabled"
+  else:
+    env.pop("RAY_AUTH_MODE", None)
+
+  def launch(port):
+    return subprocess.run([sys.executable, "launch.py", "--config", "configs/async_sign1bit.py",
+                           f"--config.ray_address=127.0.0.1:{port}", "--config.num_workers=2",
+                           "--config.num_steps=3", "--workdir", str(tmp_path / "run")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+
+  proc = _with_head(tmp_path, env, launch)
+  if auth == "disabled":
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "run" / "checkpoints" / "3" / "params.npz").exists()
+  else:
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+    assert errors[0].startswith("error: config.ray_address: could not join the Ray cluster at '127.0.0.1:")
+    assert "Traceback" not in proc.stderr
