@@ -2,6 +2,8 @@
 
     python -m benchmarks.fosi_protocol            # writes benchmarks/results/fosi_protocol.{md,json,png}
     python -m benchmarks.fosi_protocol --quick    # CI-sized smoke run: 2 learning rates per base, short budgets
+    python -m benchmarks.fosi_protocol --quick --tasks quadratic --bases gd --steps 120 --curves --out DIR
+                                                  # the test's run: one task, one base, per-step losses in the JSON
 
 Single device (``dho.fosi(..., axis_name=None)``), float32, full-batch gradients, three tasks:
 
