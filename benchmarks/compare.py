@@ -6,7 +6,9 @@
 Every method runs through ``common.train.build`` (same model, data, mesh, step wrapper) at P=8:
 dense SGD (momentum) and Adam, sfb (Xie et al., sufficient-factor broadcasting), sign1bit
 one_bit_gc (Li & Skoglund 2024) and ef_signsgd (Karimireddy et al. 2019), dho fosi (Sivan et al.
-2024) and dho2, and PowerSGD (Vogels et al. 2019). For each run:
+2024) and dho2, PowerSGD (Vogels et al. 2019) and K-FAC through kfac-jax (Martens & Grosse 2015;
+``common/algos/kfac.py``: fixed damping λ = 1e-2, momentum 0.9, factor EMA 0.95, inverses every 5
+steps). For each run:
 
   * loss per step: the step's ``loss`` metric (mean minibatch loss over the devices; sign1bit:
     the exact objective F with its l2 term, on full partition gradients);
@@ -21,6 +23,10 @@ one_bit_gc (Li & Skoglund 2024) and ef_signsgd (Karimireddy et al. 2019), dho fo
 
 The target (smoothed loss <= TARGET, mean of the last ``SMOOTH`` step losses) is fixed here,
 before any run. A method's best learning rate is the one with the lowest final smoothed loss.
+
+``--merge`` (with ``--methods``) rewrites only those methods' rows of an existing ``compare.md``,
+keeps the other rows, records the command under the table and leaves the plots alone: for adding
+one method without rerunning all of them.
 """
 from __future__ import annotations
 
@@ -70,6 +76,7 @@ METHODS = {
     "dho2": ("dho", _algo(optimizer="momentum", variant="dho2", k=10, m=40, refresh_every=50, warmup=50),
              (0.05, 0.1, 0.2)),
     "powersgd": ("powersgd", _algo(optimizer="momentum", rank=2), (0.05, 0.1, 0.2)),
+    "kfac": ("kfac", _algo(momentum=0.9, damping=1e-2), (0.03, 0.01, 0.1)),
 }
 
 
@@ -151,7 +158,7 @@ def table(best_runs: list[Run], grids: dict, command: str) -> str:
       f"Command: `{command}` on {jax.default_backend()} ({os.cpu_count()} cores; the 8 devices are simulated and "
       f"share them). Target: smoothed training loss <= {TARGET} (mean of the last {SMOOTH} step losses), fixed before "
       "the runs. Best lr = lowest final smoothed loss over the grid. Bytes: collective payload per device from the "
-      "compiled step (per branch for fosi/dho2). Modeled time = steps x median measured step time on this machine + "
+      "compiled step (per branch for fosi/dho2/kfac). Modeled time = steps x median measured step time on this machine + "
       "cumulative ring-model wire bytes / bandwidth: a model, not a measurement. Peak memory: arguments + outputs + "
       "temporaries - aliased of the compiled step, per device. sign1bit's loss is its exact objective F (full "
       "partition gradients, l2 = 1e-3).",
@@ -168,6 +175,24 @@ def table(best_runs: list[Run], grids: dict, command: str) -> str:
                  f"{r.smoothed()[-1]:.4f} | {1e3 * r.step_s:.2f} | {r.payload_per_step:,.0f} | "
                  f"{r.collectives} / {r.arrays} | {r.peak_bytes / 1024:,.0f} | {'-' if k is None else k + 1} | "
                  f"{to_bytes} | {modeled} |")
+  return "\n".join(lines)
+
+
+def merge(old: str, new: str, command: str) -> str:
+  """``old`` (a ``table`` output, maybe merged before) with the method rows of ``new`` put in: a
+  method's row is replaced where it exists, appended otherwise; ``command`` is noted below."""
+  rows = {line.split("|")[1].strip(): line for line in new.splitlines() if line.startswith("| ") and
+          not line.startswith("| method |")}
+  lines, seen = [], set()
+  for line in old.rstrip("\n").splitlines():
+    name = line.split("|")[1].strip() if line.startswith("| ") else None
+    if name in rows:
+      seen.add(name)
+    lines.append(rows.get(name, line))
+  last_row = max(i for i, line in enumerate(lines) if line.startswith("|"))
+  lines[last_row + 1:last_row + 1] = [rows[m] for m in rows if m not in seen]
+  lines.append("")
+  lines.append(f"Rows {', '.join(rows)}: `{command}` (merged into the table above; the plots do not show them).")
   return "\n".join(lines)
 
 
@@ -204,11 +229,15 @@ def main(argv=None):
   parser.add_argument("--steps", type=int, default=None)
   parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ", ".join(METHODS))
   parser.add_argument("--out", default=RESULTS, help="directory for compare.md and compare_*.png")
+  parser.add_argument("--merge", action="store_true",
+                      help="replace only these methods' rows of the existing compare.md; plots untouched")
   args = parser.parse_args(argv)
   names = [m.strip() for m in args.methods.split(",") if m.strip()]
   unknown = [m for m in names if m not in METHODS]
   if unknown:
     parser.error(f"--methods: unknown {', '.join(unknown)}; allowed: {', '.join(METHODS)}")
+  if args.merge and not os.path.exists(os.path.join(args.out, "compare.md")):
+    parser.error(f"--merge: no {os.path.join(args.out, 'compare.md')} to merge into; run without --merge first")
   steps = args.steps or (QUICK_STEPS if args.quick else STEPS)
   widths = (16,) if args.quick else (64,)
   grids = {m: METHODS[m][2][:1] if args.quick else METHODS[m][2] for m in names}
@@ -223,9 +252,13 @@ def main(argv=None):
   command = "python -m benchmarks.compare" + (" --quick" if args.quick else "") + (
       f" --steps {args.steps}" if args.steps else "")
   md = os.path.join(args.out, "compare.md")
+  text = table(best_runs, grids, command)
+  if args.merge:
+    with open(md) as f:
+      text = merge(f.read(), text, f"{command} --methods {','.join(names)} --merge")
   with open(md, "w") as f:
-    f.write(table(best_runs, grids, command) + "\n")
-  print("wrote", md, *plots(best_runs, args.out))
+    f.write(text + "\n")
+  print("wrote", md, *([] if args.merge else plots(best_runs, args.out)))
   return best_runs
 
 

@@ -43,3 +43,17 @@ def test_smoothed_loss_and_target_step():
   np.testing.assert_allclose(smoothed[12], (7 * 3.0 + 3 * 0.1) / 10)
   first = run.first_at_target()
   assert smoothed[first] <= compare.TARGET < smoothed[first - 1]
+
+
+def _row(method, loss):
+  return f"| {method} | 0.1 | 0.1 | {loss} | 1 | 8 | 1 / 1 | 1 | - | - | - / - / - |"
+
+
+def test_merge_replaces_and_appends_rows_and_keeps_the_rest():
+  head = ["### title", "", "text", "", "| method | lr grid |", "|---|---|"]
+  old = "\n".join(head + [_row("dense_adam", "0.1"), _row("powersgd", "0.2")]) + "\n"
+  new = "\n".join(head + [_row("powersgd", "0.3"), _row("kfac", "0.4")])
+  merged = compare.merge(old, new, "python -m benchmarks.compare --methods powersgd,kfac --merge").splitlines()
+  assert merged[:len(head)] == head
+  assert merged[len(head):len(head) + 3] == [_row("dense_adam", "0.1"), _row("powersgd", "0.3"), _row("kfac", "0.4")]
+  assert merged[-1].startswith("Rows powersgd, kfac: `python -m benchmarks.compare --methods powersgd,kfac --merge`")

@@ -9,7 +9,7 @@
   and on the steps between (factor EMAs per worker, all-reduced only on refresh);
 * the compiled step's measured bytes per branch equal the analytic count written out from the
   layer shapes (parameters every step, the factors on refresh steps, plus the loss pmean);
-* a model kfac-jax cannot take is one ``error:`` line naming the field.
+* a model kfac cannot run here (transformer, cnn) is one ``error:`` line naming the field.
 """
 import os
 
@@ -27,10 +27,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "kfac_mlp.py")
 
 
-class Hyper:
-  def __init__(self, lr=1.0, momentum=0.0, damping=1e-2, curvature_ema=0.95, inverse_update_period=1):
-    self.lr, self.momentum, self.damping = lr, momentum, damping
-    self.curvature_ema, self.inverse_update_period = curvature_ema, inverse_update_period
+def _hyper(lr=1.0, momentum=0.0, damping=1e-2, curvature_ema=0.95, inverse_update_period=1):
+  return kfac.Hyper(lr, momentum, damping, curvature_ema, inverse_update_period)
 
 
 def _problem(rows, features=5, classes=3, widths=(), seed=0):
@@ -74,7 +72,7 @@ def _reference_first_update(params, batch, lr, damping):
 def test_first_update_is_the_papers_pi_damped_kronecker_inverse(damping):
   model, params, batch = _problem(rows=16)
   step, state = _single_device(model, params, batch)
-  new, _, loss = step(params, state, batch, Hyper(lr=0.5, damping=damping))
+  new, _, loss = step(params, state, batch, _hyper(lr=0.5, damping=damping))
   expected = _reference_first_update(params, batch, 0.5, damping)
   dense = new["params"]["Dense_0"]
   got = np.vstack([np.asarray(dense["kernel"]), np.asarray(dense["bias"])[None]])
@@ -108,7 +106,7 @@ def _sharded(model, params, features, rows_per_device, hyper, mode="ggn_exact"):
 
 def test_eight_devices_equal_one_device_on_the_same_global_batch():
   model, params, _ = _problem(rows=8, features=6, classes=4, widths=(7,))
-  hyper = Hyper(lr=0.3, momentum=0.9, damping=1e-2, inverse_update_period=2)
+  hyper = _hyper(lr=0.3, momentum=0.9, damping=1e-2, inverse_update_period=2)
   single, state = _single_device(model, params, _problem(rows=32, features=6, classes=4, widths=(7,))[2])
   sharded, placed, mesh = _sharded(model, params, 6, 4, hyper)
   p1 = p8 = params
@@ -145,6 +143,8 @@ def test_measured_bytes_per_branch_equal_the_layer_count():
   assert result.final["analytic_bytes_per_step"] == 4 * (params + factors)
 
 
-def test_transformer_is_refused_naming_the_model(tmp_path):
-  proc, _ = _launch(["--config", CONFIG, "--config.model=transformer", "--config.dataset=text"], str(tmp_path))
-  _assert_one_line(proc, "model")
+@pytest.mark.parametrize("args", [["--config.model=transformer", "--config.dataset=text"], ["--config.model=cnn"]],
+                         ids=["transformer", "cnn"])
+def test_unsupported_model_is_one_line_naming_the_field(tmp_path, args):
+  proc, _ = _launch(["--config", CONFIG, *args], str(tmp_path))
+  _assert_one_line(proc, "config.model")

@@ -48,10 +48,27 @@ from common.errors import ConfigError
 
 default_config = defaults.kfac
 
-MODELS = ("softmax", "mlp", "logistic", "cnn")
+MODELS = ("softmax", "mlp", "logistic")
+REFUSED = {   # model -> why kfac cannot run it here
+    "cnn": "kfac-jax's convolution blocks fail shard_map's varying-axes check inside the harness's "
+           "shard_map(check_vma=True) (a dynamic_slice of a per-device operand with invariant indices)",
+    "transformer": "the attention einsums are not layers kfac-jax 0.0.8 registers",
+}
+# kfac-jax's modes. "fisher_empirical" scales G by 1/rows² (kfac-jax divides the per-row gradients by
+# √rows before its 1/rows average), so its curvature grows with the device count at a fixed global
+# batch (P times one device's); the others are averages over rows and do not depend on P.
 ESTIMATION_MODES = ("ggn_curvature_prop", "fisher_curvature_prop", "fisher_gradients", "fisher_empirical",
                     "ggn_exact", "fisher_exact")
 REFRESH, PLAIN = "refresh", "plain"
+
+
+class Hyper(NamedTuple):
+  """α (``config.lr``), μ (``config.momentum``) and the ``config.algo`` fields ``step`` uses."""
+  lr: float
+  momentum: float
+  damping: float
+  curvature_ema: float
+  inverse_update_period: int
 
 
 class KfacState(NamedTuple):
@@ -64,9 +81,13 @@ class KfacState(NamedTuple):
 
 def validate(config, dataset) -> None:
   del dataset
+  try:
+    import kfac_jax  # noqa: F401
+  except ImportError:
+    raise ConfigError("algorithm", "'kfac' needs kfac-jax: pip install kfac-jax==0.0.8 (requirements.txt)") from None
   if config.model not in MODELS:
-    raise ConfigError("model", f"kfac runs {', '.join(MODELS)}; {config.model!r} is not supported (the transformer's "
-                      "attention einsums are not layers kfac-jax registers; use --config.algorithm=dense)")
+    raise ConfigError("model", f"kfac runs {', '.join(MODELS)}; not {config.model!r}: "
+                      f"{REFUSED.get(config.model, 'not tried')} (use another --config.algorithm)")
   a = config.algo
   if not a.damping > 0:
     raise ConfigError("algo.damping", f"must be > 0 (λ added to the curvature), got {a.damping!r}")
@@ -84,15 +105,15 @@ def validate(config, dataset) -> None:
 def registered_loss(model):
   """``(params, batch) -> masked mean loss`` of ``model`` with its output registered for kfac-jax
   (``register_softmax_cross_entropy_loss`` / ``register_sigmoid_cross_entropy_loss``); the same
-  value as ``model.loss``. kfac-jax normalises by the rows of the batch, so masked rows must be
-  rare (``sample_batch`` draws only real rows)."""
+  value as ``model.loss``. kfac-jax normalises the curvature by the rows of the batch and its
+  sigmoid loss takes no mask, so the batch should hold real rows only (``sample_batch`` draws
+  only those; its mask is all ones)."""
   import kfac_jax
 
   def loss_fn(params, batch: Shard):
     logits = model.apply(params, batch.x)
     if model.binary:
-      kfac_jax.register_sigmoid_cross_entropy_loss(logits[:, None], batch.y[:, None].astype(logits.dtype),
-                                                   mask=batch.mask[:, None])
+      kfac_jax.register_sigmoid_cross_entropy_loss(logits[:, None], batch.y[:, None].astype(logits.dtype))
       losses = optax.sigmoid_binary_cross_entropy(logits, batch.y.astype(logits.dtype))
     else:
       kfac_jax.register_softmax_cross_entropy_loss(logits, batch.y, mask=batch.mask)
@@ -108,9 +129,33 @@ def _eval_jaxpr_eqn(eqn, in_values):
   than ``(subfuns, params)``; the body is ``jax.core.eval_jaxpr``'s per-equation step."""
   from jax.extend import source_info_util
   params = eqn.primitive.get_bind_params(eqn.params)
+  in_values = _match_vma(in_values)
   with source_info_util.user_context(eqn.source_info.traceback), eqn.ctx.manager:
     output = eqn.primitive.bind(*in_values, **params)
   return output if isinstance(output, list) else [output]
+
+
+def _varying_axes(x) -> frozenset:
+  """The manual mesh axes along which ``x`` is typed device-varying (empty outside ``shard_map``)."""
+  if not isinstance(x, jax.Array):
+    return frozenset()
+  aval = jax.typeof(x)
+  found = getattr(aval, "vma", None)
+  return aval.mat.varying if found is None else found
+
+
+def _to_varying(x, axes: frozenset):
+  """``x`` cast (no-op, no communication) to be varying along ``axes`` as well."""
+  missing = tuple(sorted(axes - _varying_axes(x)))
+  return lax.pcast(jnp.asarray(x), missing, to="varying") if missing else x
+
+
+def _match_vma(values):
+  """Casts invariant operands to the union of the operands' varying axes, as tracing inside
+  ``shard_map(check_vma=True)`` does on its own; kfac-jax's rewritten jaxprs bind literals and
+  pattern constants traced outside ``shard_map`` next to per-device values."""
+  union = frozenset().union(*map(_varying_axes, values))
+  return [_to_varying(x, union) for x in values]
 
 
 def _patch_kfac_for_jax():
@@ -165,12 +210,7 @@ def init(estimator, params, batch: Shard, key) -> KfacState:
 
 def _varying(tree, axis_name: str):
   """``tree`` with every leaf typed device-varying along ``axis_name`` (a no-op cast)."""
-  def cast(x):
-    aval = jax.typeof(x)
-    axes = getattr(aval, "vma", None)
-    axes = aval.mat.varying if axes is None else axes
-    return x if axis_name in axes else lax.pcast(x, axis_name, to="varying")
-  return jax.tree.map(cast, tree)
+  return jax.tree.map(lambda x: _to_varying(x, frozenset([axis_name])), tree)
 
 
 def _sync(estimator, curvature, axis_name: str | None):
@@ -194,7 +234,7 @@ def _refresh(estimator, damping, axis_name, curvature):
 def step(estimator, loss_fn, hyper, params, state: KfacState, batch: Shard, key, axis_name: str | None):
   """One K-FAC step on this device's ``batch`` (see the module docstring).
 
-  ``hyper``: the config's ``algo`` fields plus ``lr`` and ``momentum``. With ``axis_name=None``
+  ``hyper``: a ``Hyper`` (fields may be traced arrays). With ``axis_name=None``
   it is the exact single-device step (no collectives). Returns ``(params, state, mean loss)``.
   """
   local = params if axis_name is None else lax.pcast(params, axis_name, to="varying")
@@ -215,18 +255,16 @@ def step(estimator, loss_fn, hyper, params, state: KfacState, batch: Shard, key,
 
 
 def factor_bytes(curvature) -> int:
-  """Bytes of every factor EMA value (what ``sync`` all-reduces)."""
-  return int(sum(np.prod(f.value.shape) * np.dtype(f.value.dtype).itemsize
-                 for block in curvature.blocks_states for f in block.factors))
+  """Bytes of every block's moving averages (Kronecker factors, diagonals, full matrices): what the
+  blocks' ``sync`` all-reduce."""
+  import kfac_jax
+  average = kfac_jax.utils.WeightedMovingAverage
+  found = jax.tree.leaves(curvature.blocks_states, is_leaf=lambda x: isinstance(x, average))
+  return int(sum(x.size * np.dtype(x.dtype).itemsize
+                 for f in found if isinstance(f, average) for x in jax.tree.leaves(f.value)))
 
 
-def _hyper(config):
-  class Hyper(NamedTuple):
-    lr: float
-    momentum: float
-    damping: float
-    curvature_ema: float
-    inverse_update_period: int
+def hyper_from_config(config) -> Hyper:
   a = config.algo
   return Hyper(config.lr, config.momentum, a.damping, a.curvature_ema, a.inverse_update_period)
 
@@ -237,7 +275,7 @@ def example_batch(params, num_features: int, rows: int) -> Shard:
 
 
 def build(config, ctx: BuildContext) -> Method:
-  axis, hyper, workers = ctx.axis_name, _hyper(config), ctx.num_devices
+  axis, hyper, workers = ctx.axis_name, hyper_from_config(config), ctx.num_devices
   loss_fn = registered_loss(ctx.model)
   estimator = make_estimator(loss_fn, config.algo.estimation_mode)
 
