@@ -78,10 +78,10 @@ def main(argv=None):
   for v in ("dap", "tap"):
     gaps[v], startup[v] = _gap_run(v, 9)
   ray.shutdown()
-  lines = [f"# Ray parameter server (issue 16): measured\n",
+  lines = [f"### Ray parameter server (issue 16): measured\n",
            f"`python -m benchmarks.async_ray` on this machine ({os.cpu_count()} cores, shared), ray "
            f"{ray.__version__}; Ray start {init_s:.1f} s. Times are medians per operation.\n",
-           "## Throughput vs K, and the event model from the measured costs\n",
+           "#### Throughput vs K, and the event model from the measured costs\n",
            "| problem (prox) | server | K | updates/s measured | c_comp ms | c_s ms | rtt ms | event model updates/s "
            "| model / measured | delay mean | delay max | refused |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -93,13 +93,13 @@ def main(argv=None):
     lines.append(f"| {row['problem']} | {row['variant'].upper()} | {row['K']} | {row['ups']:.0f} | "
                  f"{row['c_comp'] * 1e3:.3f} | {row['c_s'] * 1e3:.4f} | {row['rtt'] * 1e3:.3f} | {pred:.0f} | "
                  f"{pred / row['ups']:.2f} | {d.mean():.2f} | {d.max()} | {row['refused']} |")
-  lines += ["", "## Delay distribution (second epoch, share of updates with delay 0..4)\n",
+  lines += ["", "#### Delay distribution (second epoch, share of updates with delay 0..4)\n",
             "| problem | server | K | " + " | ".join(f"d={i}" for i in range(5)) + " |",
             "|---|---|---|" + "---|" * 5]
   for row in rows:
     h = np.bincount(row["delays"], minlength=5)[:5] / len(row["delays"])
     lines.append(f"| {row['problem']} | {row['variant'].upper()} | {row['K']} | " + " | ".join(f"{x:.3f}" for x in h) + " |")
-  lines += ["", "## Objective gap vs wall time (elastic net, K = 2, tau = 4, gamma = 1, theta = 1, m = n)\n",
+  lines += ["", "#### Objective gap vs wall time (elastic net, K = 2, tau = 4, gamma = 1, theta = 1, m = n)\n",
             f"Wall time counts from when the server and workers are up (actor start-up, not counted: DAP "
             f"{startup['dap']:.1f} s, TAP {startup['tap']:.1f} s); each epoch includes the full-gradient pass.\n",
             "| epoch | DAP wall s | DAP rel. gap | TAP wall s | TAP rel. gap |", "|---|---|---|---|---|"]
@@ -211,7 +211,7 @@ def main_sign1bit(out_path, steps, target, mean_s=0.05):
   png = out_path.replace(".md", "_loss_vs_time.png")
   _gc_plot([r for r in rows if not r["lost"]], png)
   lines = [
-      "# 1-bit gradient coding with real stragglers on Ray (issue 16): measured\n",
+      "### 1-bit gradient coding with real stragglers on Ray (issue 16): measured\n",
       f"`python -m benchmarks.async_ray --part sign1bit` (ray {ray.__version__}, {os.cpu_count()} cores shared with "
       f"other jobs: load average {load[0]:.1f} before, {load_after[0]:.1f} after; Ray start {init_s:.1f} s). "
       f"Digits softmax regression of benchmarks/sign1bit.py (D = 650, label-sorted partitions), K = {K_GC} "
