@@ -7,17 +7,12 @@ loopback port: refused at once, checked before ``ray.init`` so it cannot hang). 
 pattern as tests/test_launch_bad_inputs.py: three at a time.
 """
 import concurrent.futures
-import os
 import socket
-import subprocess
-import sys
-import time
 
 import pytest
 
-from common.errors import EXIT_CONFIG
+from tests.test_launch_bad_inputs import _assert_one_line, _launch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GC = ["--config", "configs/async_sign1bit.py"]
 PS = ["--config", "configs/async_dap_svrg.py"]
 
@@ -57,14 +52,6 @@ CASES = [
 ]
 
 
-def _launch(args, workdir):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  start = time.monotonic()
-  proc = subprocess.run([sys.executable, "launch.py", *args, "--workdir", workdir], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=120)
-  return proc, time.monotonic() - start
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
   base = tmp_path_factory.mktemp("bad_ray")
@@ -76,10 +63,5 @@ def results(tmp_path_factory):
 @pytest.mark.parametrize("name,args,says", CASES, ids=[c[0] for c in CASES])
 def test_bad_ray_command_line_is_one_line(results, name, args, says):
   proc, seconds = results[name]
-  lines = [line for line in proc.stderr.splitlines() if line.strip()]
-  errors = [line for line in lines if line.startswith("error: ")]
-  assert proc.returncode == EXIT_CONFIG, proc.stderr[-2000:]
-  assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr[-2000:]
-  assert says in errors[0], errors[0]
-  assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr[-2000:]
+  _assert_one_line(proc, says)
   assert seconds < 60, seconds   # no Ray start, no hang on the address (3 at a time on 2 busy cores)
