@@ -150,9 +150,14 @@ def _flat(d, prefix=""):
   return out
 
 
+# Fields added after runs were first stored, with the value every run without them had: a stored
+# config that lacks one reads as that value, so older workdirs still resume.
+IMPLICIT = {"runtime": "spmd"}
+
+
 def config_differences(old: dict, new: dict) -> dict[str, tuple]:
   """``{dotted field: (old value, new value)}`` for every field that differs (JSON-normalised)."""
-  a, b = _flat(old), _flat(json.loads(json.dumps(new, default=str)))
+  a, b = {**IMPLICIT, **_flat(old)}, {**IMPLICIT, **_flat(json.loads(json.dumps(new, default=str)))}
   return {k: (a.get(k, "<absent>"), b.get(k, "<absent>")) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 

@@ -109,3 +109,15 @@ def test_steps_per_s_excludes_evaluation_and_checkpoints(tmp_path):
   assert final["steps_per_s"] > 2 * final["steps_run"] / wall
   summary = json.load(open(tmp_path / "run" / "summary.json"))
   assert summary["steps_per_s"] == final["steps_per_s"]
+
+
+def test_a_workdir_stored_before_the_runtime_field_still_resumes(tmp_path):
+  from common import fields
+  config = _config()
+  stored = config.to_dict()
+  del stored["runtime"]                       # what config.json held before config.runtime existed
+  (tmp_path / "config.json").write_text(json.dumps(stored, default=str))
+  assert fields.check_resume(config, str(tmp_path)) == {}
+  config.runtime = "ray"                      # a real change is still refused
+  with pytest.raises(FlagError, match="runtime"):
+    fields.check_resume(config, str(tmp_path))
