@@ -12,3 +12,48 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
+
+import pytest  # noqa: E402
+
+# Tests whose property a cheaper test in the default tier already checks, moved to the slow tier
+# (`python -m pytest` runs them) to keep `python -m pytest -m "not slow"` near 20 minutes on 2 cores.
+# Each line: the test, and what in the default tier covers its property. Seconds are from the
+# clean-clone run of 2026-11-30 (2 shared cores).
+SLOW_TIER = {
+    # optax's no-recompile check: one transformation per package stays in the default tier
+    "tests/test_conformance.py::test_second_update_does_not_recompile[dho2_adam]": "[fosi_hb_replicated]; 22 s",
+    "tests/test_conformance.py::test_second_update_does_not_recompile[vr_prox_dap_svrg_l1]": "[vr_prox_dap_sgd_l1]; 14 s",
+    "tests/test_conformance.py::test_second_update_does_not_recompile[vr_prox_tap_svrg_elastic_net]": "[vr_prox_dap_sgd_l1]; 13 s",
+    "tests/test_conformance.py::test_second_update_does_not_recompile[vr_prox_dap_svrg_pmean_exact]": "[vr_prox_dap_sgd_l1]; 11 s",
+    "tests/test_conformance.py::test_second_update_does_not_recompile[sign1bit_one_bit_gc_const]": "[sign1bit_signsgd_majority]; 13 s",
+    "tests/test_conformance.py::test_second_update_does_not_recompile[sign1bit_one_bit_gc_linf]": "[sign1bit_signsgd_majority]; 11 s",
+    "tests/test_conformance.py::test_second_update_does_not_recompile[sign1bit_ef_signsgd]": "[sign1bit_signsgd_majority]; 8 s",
+    "tests/test_conformance.py::test_second_update_does_not_recompile[sign1bit_sgc_exact]": "[sign1bit_signsgd_majority]; 7 s",
+    "tests/test_dho_fosi.py::test_compiles_once_and_state_stable": "conformance's no-recompile check on fosi; 21 s",
+    # chains and inject_hyperparams: one entry per package stays
+    "tests/test_conformance.py::test_chain_and_inject_hyperparams[fosi_hb_replicated]": "[dho2_adam]; 24 s",
+    "tests/test_conformance.py::test_chain_and_inject_hyperparams[vr_prox_dap_svrg_l1]": "[vr_prox_tap_svrg_elastic_net], proving ground chains; 17 s",
+    "tests/test_conformance.py::test_chain_and_inject_hyperparams[vr_prox_dap_svrg_pmean_exact]": "[vr_prox_tap_svrg_elastic_net]; 8 s",
+    "tests/test_conformance.py::test_chain_and_inject_hyperparams[sign1bit_one_bit_gc_linf]": "[sign1bit_one_bit_gc_const]; 11 s",
+    # dho: sharded == unsharded and the adapter, one base optimizer / config stays
+    "tests/test_dho_sharded.py::test_sharded_equals_unsharded[adam]": "[hb], conformance dho2_adam; 48 s",
+    "tests/test_dho_sharded.py::test_sharded_equals_unsharded[sgd]": "[hb]; 31 s",
+    "tests/test_dho.py::test_reference_mlp_sanity_matches_full_hessian": "a sanity reproduction; planted-quadratic eigh tests stay; 30 s",
+    "tests/test_dho_base.py::test_base_state_built_from_params[1-adam]": "[8-schedule_free_sgd] (the bug case); 17 s",
+    "tests/test_dho_base.py::test_base_state_built_from_params[1-schedule_free_sgd]": "[8-schedule_free_sgd]; 13 s",
+    "tests/test_dho_base.py::test_base_state_built_from_params[8-adam]": "[8-schedule_free_sgd]; 12 s",
+    "tests/test_dho_adapter.py::test_configs_run_and_learn[dho2_mlp-8]": "[dho2_v2-None], test_harness_configs; 22 s",
+    "tests/test_dho_adapter.py::test_configs_run_and_learn[dho_mlp_digits-hb]": "[dho2_v2-None], test_harness_configs; 18 s",
+    "tests/test_dho_adapter.py::test_logged_bytes_are_the_branch_each_step_took[dho2_mlp-overrides1]": "[dho2_mlp-overrides0]; 21 s",
+    "tests/test_dho_adapter.py::test_logged_bytes_are_the_branch_each_step_took[dho2_mlp-overrides2]": "[dho2_mlp-overrides0]; 18 s",
+    # sfb on real layers: the flax attention test and tests/test_real_models.py's CNN test stay
+    "tests/test_sfb_general.py::test_transformer_attention_projections_factor_exactly_with_measured_bytes[einsum]": "[flax]; 12 s",
+    "tests/test_sfb_general.py::test_cnn_conv_kernels_dense_head_factored_with_measured_bytes": "test_real_models sfb[cnn]; 22 s",
+}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+  for item in items:
+    if item.nodeid in SLOW_TIER:
+      item.add_marker(pytest.mark.slow)
