@@ -45,6 +45,7 @@ from common.algos import defaults
 from common.algos.base import BuildContext, Method, param_bytes, worker_key
 from common.data import Shard, sample_batch
 from common.errors import ConfigError
+from sign1bit import axis as worker_axis
 
 default_config = defaults.kfac
 
@@ -78,6 +79,9 @@ class KfacState(NamedTuple):
   curvature: Any
   velocity: Any
   count: jax.Array
+
+  def per_worker_fields(self):
+    return ("curvature",)
 
 
 def validate(config, dataset) -> None:
@@ -136,18 +140,9 @@ def _eval_jaxpr_eqn(eqn, in_values):
   return output if isinstance(output, list) else [output]
 
 
-def _varying_axes(x) -> frozenset:
-  """The manual mesh axes along which ``x`` is typed device-varying (empty outside ``shard_map``)."""
-  if not isinstance(x, jax.Array):
-    return frozenset()
-  aval = jax.typeof(x)
-  found = getattr(aval, "vma", None)
-  return aval.mat.varying if found is None else found
-
-
 def _to_varying(x, axes: frozenset):
   """``x`` cast (no-op, no communication) to be varying along ``axes`` as well."""
-  missing = tuple(sorted(axes - _varying_axes(x)))
+  missing = tuple(sorted(axes - worker_axis.varying_axes(x)))
   return lax.pcast(jnp.asarray(x), missing, to="varying") if missing else x
 
 
@@ -155,7 +150,7 @@ def _match_vma(values):
   """Casts invariant operands to the union of the operands' varying axes, as tracing inside
   ``shard_map(check_vma=True)`` does on its own; kfac-jax's rewritten jaxprs bind literals and
   pattern constants traced outside ``shard_map`` next to per-device values."""
-  union = frozenset().union(*map(_varying_axes, values))
+  union = frozenset().union(*map(worker_axis.varying_axes, values))
   return [_to_varying(x, union) for x in values]
 
 
@@ -209,11 +204,6 @@ def init(estimator, params, batch: Shard, key) -> KfacState:
   return KfacState(curvature, jax.tree.map(jnp.zeros_like, params), jnp.zeros([], jnp.int32))
 
 
-def _varying(tree, axis_name: str):
-  """``tree`` with every leaf typed device-varying along ``axis_name`` (a no-op cast)."""
-  return jax.tree.map(lambda x: _to_varying(x, frozenset([axis_name])), tree)
-
-
 def _sync(estimator, curvature, axis_name: str | None):
   """kfac-jax's ``BlockDiagonalCurvature._sync_state``: every block's ``sync`` (one pmean per factor
   EMA). Unlike ``estimator.sync`` it does not skip already-synced states through a ``lax.cond``
@@ -229,7 +219,7 @@ def _refresh(estimator, damping, axis_name, curvature):
   """The factor all-reduce (``_sync``) then kfac-jax's ``update_cache`` (pi-damped inverses)."""
   curvature = estimator.update_cache(_sync(estimator, curvature, axis_name), identity_weight=damping,
                                      exact_powers=None, approx_powers=-1, eigenvalues=False, pmap_axis_name=None)
-  return curvature if axis_name is None else _varying(curvature, axis_name)   # the state is per worker
+  return worker_axis.to_varying(curvature, axis_name)   # the state is per worker
 
 
 def step(estimator, loss_fn, hyper, params, state: KfacState, batch: Shard, key, axis_name: str | None):
@@ -243,7 +233,7 @@ def step(estimator, loss_fn, hyper, params, state: KfacState, batch: Shard, key,
   curvature = estimator.update_curvature_matrix_estimate(
       state.curvature, ema_old=hyper.curvature_ema, ema_new=1.0, identity_weight=hyper.damping,
       batch_size=rows, rng=key, func_args=(local, batch))
-  keep = (lambda c: c) if axis_name is None else functools.partial(_varying, axis_name=axis_name)
+  keep = functools.partial(worker_axis.to_varying, axis_name=axis_name)
   curvature = lax.cond(state.count % hyper.inverse_update_period == 0,
                        functools.partial(_refresh, estimator, hyper.damping, axis_name), keep, curvature)
   loss, grads = jax.value_and_grad(loss_fn)(local, batch)
@@ -286,25 +276,21 @@ def build(config, ctx: BuildContext) -> Method:
 
   def init_state(params, key):
     del key   # kfac-jax's Kronecker-factored blocks start from zeros
-    state = first._replace(velocity=jax.tree.map(jnp.zeros_like, params))
-    return state._replace(curvature=jax.tree.map(lambda x: np.stack([np.asarray(x)] * workers), state.curvature))
-
-  def state_specs(state):
-    return KfacState(jax.tree.map(lambda _: jax.P(axis), state.curvature),
-                     jax.tree.map(lambda _: jax.P(), state.velocity), jax.P())
+    return worker_axis.stack(first._replace(velocity=jax.tree.map(jnp.zeros_like, params)), workers)
 
   def local_step(params, state, shard, key):
     key = worker_key(key, axis)
     batch = sample_batch(shard, key, ctx.batch_per_device)
-    own = state._replace(curvature=jax.tree.map(lambda x: x[0], state.curvature))
+    own = worker_axis.local(state, "kfac")
     params, own, loss = step(estimator, loss_fn, hyper, params, own, batch, jax.random.fold_in(key, 1), axis)
-    return params, own._replace(curvature=jax.tree.map(lambda x: x[None], own.curvature)), {"loss": loss}
+    return params, worker_axis.unlocal(own), {"loss": loss}
 
   factors = factor_bytes(first.curvature)
   plain = param_bytes(ctx.params)
   period = config.algo.inverse_update_period
   return Method(
-      init_state=init_state, local_step=local_step, state_specs=state_specs,
+      init_state=init_state, local_step=local_step,
+      state_specs=lambda state: worker_axis.state_specs(state, axis),
       analytic_payload=plain + factors,
       branches={REFRESH: {"_refresh": True}, PLAIN: {"_refresh": False}},
       branch_of=lambda t: REFRESH if (t - 1) % period == 0 else PLAIN,
