@@ -44,15 +44,12 @@ from jax.sharding import AxisType, NamedSharding  # noqa: E402
 import sign1bit  # noqa: E402
 from benchmarks.notes import RESULTS, write_result  # noqa: E402
 from common.comm import step_bytes  # noqa: E402
+from common.digits_softmax import (D, LAM, N_TEST, N_TRAIN, NC, NF, load_data, local_loss,  # noqa: E402,F401
+                                   mean_loss, objective, partitions)
 
 W = 8
 AXIS = "data"
-LAM = 1e-3
 G = 1.0
-NF, NC = 65, 10
-D = NF * NC
-N_TEST = 360
-N_TRAIN = 1432          # 1437 rows after the 360-row test split, less 5: divisible by 8
 REGIMES = ("label-sorted", "i.i.d.")
 ETA_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0)
 ETA_GRID_MV = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
@@ -83,38 +80,6 @@ SPEC = {
                                      is_fp32=(0.378, 92.5), is_1bit=(0.69, 88), ef=(0.286, 97.6), mv="fails"),
 }
 SPEC_GD = (0.265, 98.1)
-
-
-# ----------------------------------------------------------------------------- data and model
-def load_data():
-  """(x_train [1432, 65], y_train, x_test [360, 65], y_test) from one fixed permutation."""
-  from sklearn.datasets import load_digits
-  d = load_digits()
-  x = np.concatenate([d.data / 16.0, np.ones((len(d.target), 1))], axis=1).astype(np.float32)
-  y = d.target.astype(np.int32)
-  order = np.random.default_rng(0).permutation(len(y))
-  test, train = order[:N_TEST], order[N_TEST:N_TEST + N_TRAIN]
-  return x[train], y[train], x[test], y[test]
-
-
-def partitions(x, y, regime, n):
-  """[n, rows, 65], [n, rows]: label-sorted (stable sort by label) or in the shuffled order."""
-  idx = np.argsort(y, kind="stable") if regime == "label-sorted" else np.arange(len(y))
-  return x[idx].reshape(n, -1, NF), y[idx].reshape(n, -1)
-
-
-def mean_loss(w, x, y):
-  logits = x @ w.reshape(NF, NC)
-  return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-
-def objective(w, x, y):
-  return mean_loss(w, x, y) + 0.5 * LAM * jnp.sum(w * w)
-
-
-def local_loss(w, xs, ys):
-  """sum_{k in S_i} f_k(w) for this worker's [l, rows, 65] partitions."""
-  return jnp.sum(jax.vmap(lambda a, b: objective(w, a, b))(xs, ys))
 
 
 # ----------------------------------------------------------------------------- methods

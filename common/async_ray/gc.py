@@ -2,11 +2,11 @@
 
 Li & Skoglund, *Distributed Learning based on 1-Bit Gradient Coding in the Presence of Stragglers*
 (arXiv:2403.14716), and its baselines, on the digits problem of ``benchmarks/sign1bit.py``
-(softmax regression, D = 650, f_k = mean loss of partition k + (lambda/2)||w||^2, F = (1/N) sum_k f_k).
+(``common/digits_softmax.py``: softmax regression, D = 650, f_k = mean loss of partition k + (lambda/2)||w||^2, F = (1/N) sum_k f_k).
 
 Step t: the coordinator (the driver process) broadcasts w_t to the K live worker actors. Worker i
 sleeps a seeded delay (exponential or Pareto, drawn from ``default_rng([seed, i, t])``), computes
-its local gradient sum_{k in S_i} grad f_k(w_t) on its partitions S_i (``benchmarks.sign1bit.local_loss``)
+its local gradient sum_{k in S_i} grad f_k(w_t) on its partitions S_i (``common.digits_softmax.local_loss``)
 and encodes it with ``sign1bit.coding.encode`` (c_i = gain * grad, stochastic sign against B with
 the quantizer key ``worker_key(fold_in(key(seed), t), i)``, the streams of ``sign1bit.reference_decode``),
 packs the bits with ``sign1bit.pack`` and returns the packed bytes (+ the f32 scale for B = 'linf';
@@ -107,9 +107,9 @@ def make_scheme(spec: GCSpec):
 
 
 def load_digits(spec: GCSpec):
-  """(xs [N, rows, 65], ys [N, rows], x_test, y_test): ``benchmarks.sign1bit``'s split and partitions,
+  """(xs [N, rows, 65], ys [N, rows], x_test, y_test): ``common.digits_softmax``'s split and partitions,
   the training rows cut to a multiple of N (1432 rows divide by 1, 2, 4, 8)."""
-  from benchmarks.sign1bit import load_data, partitions
+  from common.digits_softmax import load_data, partitions
   x, y, x_test, y_test = load_data()
   n = make_allocation(spec).num_partitions
   keep = len(y) - len(y) % n
@@ -120,7 +120,7 @@ def load_digits(spec: GCSpec):
 
 def objective_np(w, x, y, lam: float):
   """F(w) = mean softmax cross-entropy + (lam/2)||w||^2 and the accuracy, in float64 NumPy."""
-  from benchmarks.sign1bit import NC, NF
+  from common.digits_softmax import NC, NF
   logits = np.asarray(x, np.float64) @ np.asarray(w, np.float64).reshape(NF, NC)
   top = logits.max(1, keepdims=True)
   lse = top[:, 0] + np.log(np.exp(logits - top).sum(1))
@@ -152,7 +152,7 @@ class GCWorker:
     from common.async_ray.actors import _setup_jax
     jax = _setup_jax(False)
     import sign1bit
-    from benchmarks.sign1bit import D, local_loss
+    from common.digits_softmax import D, local_loss
     from sign1bit.coding import encode, worker_key
     self.worker, self.spec = worker, spec
     scheme = make_scheme(spec)
@@ -193,7 +193,7 @@ class Decoder:
     import jax
     import jax.numpy as jnp
     import sign1bit
-    from benchmarks.sign1bit import D
+    from common.digits_softmax import D
     from sign1bit.coding import decode
     self.scheme, self.k = make_scheme(spec), spec.num_workers
     self.bits = sign1bit.payload_bits(D, payload_scheme(spec.method))
@@ -274,7 +274,7 @@ def run(spec: GCSpec, *, on_step: Callable[[dict, np.ndarray], None] | None = No
   (``ps.start_ray``); wall_time in the records counts from when every worker is up and compiled.
   ``on_step(record, w)`` after each step."""
   import ray
-  from benchmarks.sign1bit import LAM
+  from common.digits_softmax import LAM
   from common.async_ray.ps import _actor_error
   on_step = on_step or (lambda record, w: None)
   xs, ys, x_test, y_test = load_digits(spec)
@@ -301,7 +301,7 @@ def run(spec: GCSpec, *, on_step: Callable[[dict, np.ndarray], None] | None = No
 def _train(spec, workers, decoder, x_all, y_all, on_step, log):
   """The step loop of ``run``: broadcast, collect, decode, log; returns (w, records, lost)."""
   import ray
-  from benchmarks.sign1bit import D, LAM
+  from common.digits_softmax import D, LAM
   w = np.zeros(D, np.float32)
   live, lost, records = set(workers), [], []
   cum_bits = cum_bytes = 0
