@@ -1,0 +1,52 @@
+"""Compile time of one config's step program, split into lowering and XLA compilation (issue 14).
+
+    python -m benchmarks.compile_time transformer_text:dense
+    python -m benchmarks.compile_time transformer_text:dense --xla_flags=--xla_backend_optimization_level=0
+    python -m benchmarks.compile_time transformer_text:dense --set num_layers=2 --set d_model=224
+
+Prints process CPU seconds (less sensitive to other jobs on the host than wall seconds) and wall
+seconds for ``lower`` and ``compile``, then the median of ``--timed`` blocking steps, on 8
+simulated CPU devices. Prints only; the numbers quoted in BUILD_NOTES came from this command.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("config", help="configs/<name>.py[:arg] as <name>[:arg]")
+  parser.add_argument("--xla_flags", default="", help="extra XLA_FLAGS")
+  parser.add_argument("--set", action="append", default=[], help="field=JSON value, e.g. num_layers=2")
+  parser.add_argument("--timed", type=int, default=6)
+  flags = parser.parse_args(argv)
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count=8 {flags.xla_flags}".strip()
+  import jax
+  import numpy as np
+  from common import cli, train
+
+  name, _, arg = flags.config.partition(":")
+  config = cli.load_config(os.path.join("configs", f"{name}.py") + (f":{arg}" if arg else ""))
+  for item in flags.set:
+    field, _, value = item.partition("=")
+    config[field] = json.loads(value)
+  exp = train.build(config)
+  params = sum(x.size for x in jax.tree.leaves(exp.params))
+  c0, w0 = time.process_time(), time.perf_counter()
+  lowered = exp.step_fn.lower(exp.params, exp.opt_state, exp.shard, exp.key(0))
+  c1, w1 = time.process_time(), time.perf_counter()
+  compiled = lowered.compile()
+  c2, w2 = time.process_time(), time.perf_counter()
+  times, _ = exp.time_steps(compiled, flags.timed)
+  print(f"{flags.config} [{flags.xla_flags or 'default flags'}] {params:,} params: lower {c1 - c0:.1f} CPU-s "
+        f"({w1 - w0:.1f} s wall), compile {c2 - c1:.1f} CPU-s ({w2 - w1:.1f} s wall), step median "
+        f"{np.median(times[1:]) * 1e3:.0f} ms; load average {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+  sys.exit(main())
