@@ -5,7 +5,10 @@ Datasets (``config.dataset``):
   * ``breast_cancer``   sklearn Wisconsin breast cancer, 569 rows, 30 standardised features, 2 classes;
   * ``synthetic``       Gaussian multiclass with J = ``num_classes`` classes, D = ``num_features``
                         features and N = ``num_rows`` rows (the large-J, large-D regime of SFB);
-  * ``sparse_logistic`` synthetic binary problem whose true weight vector is sparse;
+  * ``sparse_logistic`` a seeded text-like sparse binary problem (``sparse_logistic_csr``: N = ``num_rows``
+                        rows, D = ``num_features`` columns, 20-60 nonzeros per row, unit-l2 rows, labels from
+                        a sparse true weight vector), generated in memory as scipy CSR (20,000 x 100,000: 1.2 s,
+                        faster than reading it back from svmlight, so nothing is cached or downloaded);
   * ``svmlight:<path>`` any LIBSVM/svmlight file, read with sklearn's reader (labels remapped to 0..C-1)
                         and kept sparse (``scipy.sparse.csr_matrix`` float32 rows) through loading and
                         splitting: a news20-sized file (1.35M features) loads in its nonzeros' memory;
@@ -16,10 +19,12 @@ Datasets (``config.dataset``):
 ``max_train_rows`` > 0 keeps only the first that many training rows (text: the first windows).
 
 Sharding never drops rows: a split with n rows over P devices becomes P shards of
-``ceil(n / P)`` rows, padded with zero rows whose ``mask`` is 0. ``shard_rows`` lays rows out dense;
+``ceil(n / P)`` rows, padded with zero rows whose ``mask`` is 0. ``shard_rows`` lays rows out dense,
+or, with ``ell=True``, keeps sparse rows sparse as ``EllRows`` (``vr_prox.ell_from_csr``: padded
+per-row column indices and values, memory ~ nonzeros, never rows x features); the harness takes
+that path for models and algorithms that accept ELL rows (``common.train.sparse_rows``). Other
 sparse rows are densified only up to ``MAX_DENSE_FLOATS`` (2^28 floats, 1 GiB in float32), else it
-refuses with a ConfigError naming ``dataset`` (a sparse problem keeps its rows sparse on device with
-``vr_prox.ell_from_csr``: ``python -m benchmarks.vr_prox_sparse``).
+refuses with a ConfigError naming ``dataset``.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import vr_prox
 from common.errors import ConfigError
 from common.fields import DATASETS  # noqa: F401 (re-exported)
 
@@ -58,9 +64,31 @@ class Dataset:
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
+class EllRows:
+  """Sparse rows in ELL form (``vr_prox/_sparse.py``): row i is ``sum_j values[i, j] e_{indices[i, j]}``.
+
+  Both arrays are ``[rows, k]`` (k = the longest row; padding slots hold index 0, value 0), so they
+  index, shard and gather by row exactly as a dense ``[rows, D]`` array does (``jax.tree.map``).
+  """
+  indices: jax.Array   # int32 [rows, k]
+  values: jax.Array    # float [rows, k]
+
+  @property
+  def shape(self) -> tuple[int, int]:
+    return tuple(self.values.shape)
+
+
+def ell_rows(x, dtype=None) -> EllRows:
+  """Host ``EllRows`` of a scipy CSR matrix (width = its longest row), values in ``dtype`` (default x's)."""
+  x = x.tocsr()
+  return EllRows(*vr_prox.ell_from_csr(x.indptr, x.indices, x.data, dtype=dtype or x.dtype))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
 class Shard:
   """One device's rows inside ``shard_map`` (or the global rows outside it)."""
-  x: jax.Array      # [rows, D]
+  x: jax.Array      # [rows, D] (or EllRows: sparse rows, ``shard_rows(ell=True)``)
   y: jax.Array      # [rows]
   mask: jax.Array   # [rows] float32: 1 for a real row, 0 for padding
 
@@ -80,9 +108,9 @@ def dense(x, rows: int | None = None) -> np.ndarray:
   size = rows * int(np.prod(x.shape[1:], dtype=np.int64))
   if size > MAX_DENSE_FLOATS:
     raise ConfigError("dataset", f"densifying the sparse rows ({rows:,} x {x.shape[1]:,} = {size:,} floats, "
-                      f"{x.nnz:,} nonzeros) exceeds {MAX_DENSE_FLOATS:,} floats (2^28); the harness's models take "
-                      f"dense rows: use fewer rows (max_train_rows) or run the problem sparse "
-                      f"(python -m benchmarks.vr_prox_sparse)")
+                      f"{x.nnz:,} nonzeros) exceeds {MAX_DENSE_FLOATS:,} floats (2^28); rows stay sparse only "
+                      f"with a linear model (logistic, softmax) under algorithm vr_prox or dense "
+                      f"(configs/vr_prox_sparse.py); otherwise use fewer rows (max_train_rows)")
   return x.toarray()
 
 
@@ -100,7 +128,7 @@ def _standardise(x: np.ndarray) -> np.ndarray:
 
 
 def load(name: str, *, seed: int = 0, test_fraction: float = 0.2, num_classes: int = 10,
-         num_features: int = 64, num_rows: int = 4096, sparsity: float = 0.1,
+         num_features: int = 64, num_rows: int = 4096, sparsity: float = 0.005,
          noise: float = 1.0, seq_len: int = 64, max_train_rows: int = 0) -> Dataset:
   """Loads dataset ``name`` with a deterministic train/test split (see module docstring)."""
   dataset = _load(name, seed=seed, test_fraction=test_fraction, num_classes=num_classes,
@@ -136,14 +164,8 @@ def _load(name, *, seed, test_fraction, num_classes, num_features, num_rows, spa
     x = centers[y] + noise * rng.normal(size=(num_rows, num_features)) / np.sqrt(num_features)
     return _split(name, x, y, num_classes, test_fraction, seed)
   if name == "sparse_logistic":
-    rng = np.random.default_rng(seed)
-    w = np.zeros(num_features)
-    support = rng.choice(num_features, max(1, int(sparsity * num_features)), replace=False)
-    w[support] = rng.normal(size=len(support)) * 2.0
-    x = rng.normal(size=(num_rows, num_features))
-    logits = x @ w / np.sqrt(len(support))
-    y = (rng.uniform(size=num_rows) < 1 / (1 + np.exp(-logits))).astype(np.int32)
-    return _split(name, x, y, 2, test_fraction, seed)
+    x, y, _ = sparse_logistic_csr(num_rows, num_features, support=sparsity, seed=seed)
+    return _split(name, x, (y > 0).astype(np.int32), 2, test_fraction, seed)
   if name.startswith("svmlight:"):
     path = name.split(":", 1)[1]
     if not os.path.isfile(path):
@@ -159,17 +181,19 @@ def _load(name, *, seed, test_fraction, num_classes, num_features, num_rows, spa
 
 
 def shard_rows(x: np.ndarray, y: np.ndarray, num_devices: int,
-               partition: Sequence[np.ndarray] | None = None) -> Shard:
+               partition: Sequence[np.ndarray] | None = None, *, ell: bool = False) -> Shard:
   """Lays rows out as ``num_devices`` equal blocks (host numpy), padding with masked rows.
 
   Args:
-    x, y: all rows (a sparse ``x`` is densified, refused above ``MAX_DENSE_FLOATS`` padded floats).
+    x, y: all rows. A sparse ``x`` becomes ``EllRows`` with ``ell=True`` (never densified);
+      otherwise it is densified, refused above ``MAX_DENSE_FLOATS`` padded floats.
     num_devices: P.
     partition: optional list of P index arrays, the rows device p holds (a row may appear on
       several devices: redundant allocations such as gradient coding). Default: contiguous
       near-equal blocks of ``np.array_split``.
+    ell: keep sparse rows sparse (ignored for dense ``x``).
   Returns:
-    Shard of numpy arrays with leading dimension ``P * rows_per_device``.
+    Shard of numpy arrays (``x`` possibly ``EllRows``) with leading dimension ``P * rows_per_device``.
   """
   if partition is None:
     partition = np.array_split(np.arange(len(y)), num_devices)
@@ -177,14 +201,18 @@ def shard_rows(x: np.ndarray, y: np.ndarray, num_devices: int,
     raise ValueError(f"partition has {len(partition)} blocks for {num_devices} devices")
   rows = max(len(p) for p in partition)
   if is_sparse(x):
-    x = dense(x, num_devices * rows)
-  xs = np.zeros((num_devices, rows) + x.shape[1:], x.dtype)
-  ys = np.zeros((num_devices, rows), y.dtype)
-  ms = np.zeros((num_devices, rows), np.float32)
-  for d, idx in enumerate(partition):
-    idx = np.asarray(idx, np.int64)
-    xs[d, :len(idx)], ys[d, :len(idx)], ms[d, :len(idx)] = x[idx], y[idx], 1.0
-  return Shard(xs.reshape((-1,) + x.shape[1:]), ys.reshape(-1), ms.reshape(-1))
+    x = ell_rows(x) if ell else dense(x, num_devices * rows)
+  blocks = [np.asarray(idx, np.int64) for idx in partition]
+  return Shard(jax.tree.map(lambda a: _blocks(a, blocks, rows), x), _blocks(y, blocks, rows),
+               _blocks(np.ones(len(y), np.float32), blocks, rows))
+
+
+def _blocks(a: np.ndarray, blocks: Sequence[np.ndarray], rows: int) -> np.ndarray:
+  """``a[blocks[d]]`` for each device d, each zero-padded to ``rows`` rows, concatenated."""
+  out = np.zeros((len(blocks), rows) + a.shape[1:], a.dtype)
+  for d, idx in enumerate(blocks):
+    out[d, :len(idx)] = a[idx]
+  return out.reshape((-1,) + a.shape[1:])
 
 
 def sample_batch(shard: Shard, key: jax.Array, batch_size: int) -> Shard:
@@ -194,7 +222,7 @@ def sample_batch(shard: Shard, key: jax.Array, batch_size: int) -> Shard:
   """
   p = shard.mask / jnp.sum(shard.mask)
   idx = jax.random.choice(key, shard.mask.shape[0], (batch_size,), replace=True, p=p)
-  return Shard(shard.x[idx], shard.y[idx], jnp.ones((batch_size,), jnp.float32))
+  return Shard(jax.tree.map(lambda a: a[idx], shard.x), shard.y[idx], jnp.ones((batch_size,), jnp.float32))
 
 
 def sparse_logistic_csr(num_rows: int, num_features: int, *, nnz: tuple[int, int] = (20, 60),

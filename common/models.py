@@ -6,7 +6,9 @@ regression, one Dense output; labels in {0, 1}), ``cnn`` (a residual conv net on
 single-channel images, ``config.channels`` per stage, a Dense head of widths ``config.widths``)
 and ``transformer`` (a decoder-only causal byte-level LM on the ``text`` dataset:
 ``config.d_model``, ``config.num_heads``, ``config.num_layers``, ``config.seq_len``).
-``config.use_bias`` switches intercepts. Losses are masked means, so padded rows contribute
+``config.use_bias`` switches intercepts. The linear models (``SPARSE_ROW_MODELS``: softmax,
+logistic) also take sparse rows as ``common.data.EllRows``: ``x_i . W`` is a gather of W's rows
+(``vr_prox.ell_matvec``), its gradient a scatter-add, never a dense ``[rows, D]`` array. Losses are masked means, so padded rows contribute
 nothing; every model's loss is a mean of per-row losses (no batch statistics), so a row's
 gradient does not depend on which device or batch holds it.
 """
@@ -21,11 +23,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
+import vr_prox
 from common import text
+from common.data import EllRows
 from common.errors import ConfigError
 from common.fields import MODELS  # noqa: F401 (re-exported)
 
 GROUPS = 8   # GroupNorm groups (gcd with the channel count)
+SPARSE_ROW_MODELS = ("softmax", "logistic")   # one Dense layer: they take EllRows (``linear_on_ell``)
 
 
 class MLP(nn.Module):
@@ -133,7 +138,12 @@ class Model:
     return self.module.init(key, jnp.zeros((1, self.num_features), jnp.float32))
 
   def apply(self, params, x):
-    out = self.module.apply(params, x)
+    if isinstance(x, EllRows):
+      if self.name not in SPARSE_ROW_MODELS:
+        raise ValueError(f"model {self.name!r} takes dense rows, not EllRows (sparse rows: {SPARSE_ROW_MODELS})")
+      out = linear_on_ell(params, x)
+    else:
+      out = self.module.apply(params, x)
     return out[..., 0] if self.binary else out
 
   def per_example_loss(self, params, x, y):
@@ -197,6 +207,14 @@ class LanguageModel(Model):
   def derived_metrics(self, results: dict) -> dict:
     """``{split}_bpc``: the loss in bits per byte-level character, ``loss / ln 2``."""
     return {k[:-len("loss")] + "bpc": text.bits_per_byte(v) for k, v in results.items() if k.endswith("_loss")}
+
+
+def linear_on_ell(params, x: EllRows):
+  """The one Dense layer of a linear model (``MLP((), C)``: ``x W + b``) on ELL rows: column c of the
+  ``[rows, C]`` logits is ``vr_prox.ell_matvec(x.indices, x.values, W[:, c])`` (+ ``b[c]``)."""
+  layer = params["params"]["Dense_0"]
+  out = jax.vmap(lambda w: vr_prox.ell_matvec(x.indices, x.values, w), in_axes=1, out_axes=-1)(layer["kernel"])
+  return out + layer["bias"] if "bias" in layer else out
 
 
 def image_shape(num_features: int) -> tuple[int, int, int]:

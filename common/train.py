@@ -3,7 +3,8 @@
 ``run(config, workdir)`` does, in order:
   1. validate the whole config (``validate``) — no compile happens before this passes;
   2. build the mesh, dataset, model and the algorithm's ``Method`` (``common/algos``);
-  3. place the data shards (``P("data")``), params (``P()``) and optimizer state (the method's
+  3. place the data shards (``P("data")``; a sparse dataset's rows as ``EllRows`` when ``sparse_rows``),
+     params (``P()``) and optimizer state (the method's
      specs) as global arrays, restoring the latest checkpoint of ``workdir`` if there is one;
   4. compile one ``jit(shard_map(method.local_step))`` program and measure its collective bytes;
   5. step, blocking on every step's metrics (CPU collectives deadlock when steps queue up),
@@ -72,8 +73,39 @@ def validate(config: ml_collections.ConfigDict, *, available_devices: int | None
   if dataset.num_train < num_devices:
     raise ConfigError("dataset", f"{dataset.num_train} training rows cannot feed {num_devices} devices")
   models.from_config(config, dataset)
+  check_sparse_rows(config, dataset, num_devices)
   adapter.validate(config, dataset)
   return dataset
+
+
+# Algorithms whose step only evaluates the model's loss and its gradient on (minibatches of) the
+# rows, so they take sparse ``EllRows`` unchanged; the others see dense rows.
+SPARSE_ROW_ALGORITHMS = ("vr_prox", "dense")
+
+
+def sparse_rows(config, dataset: data.Dataset) -> bool:
+  """True when a sparse dataset's rows go to the devices as ``EllRows`` (memory ~ nonzeros):
+  a linear model (``models.SPARSE_ROW_MODELS``) under an algorithm of ``SPARSE_ROW_ALGORITHMS``."""
+  return (data.is_sparse(dataset.x_train) and config.model in models.SPARSE_ROW_MODELS
+          and config.algorithm in SPARSE_ROW_ALGORITHMS)
+
+
+def check_sparse_rows(config, dataset: data.Dataset, num_devices: int) -> None:
+  """Sparse rows that must be densified (not ``sparse_rows``) and would exceed ``data.MAX_DENSE_FLOATS``
+  padded floats: a ConfigError naming the model (or the algorithm) and the fix, before anything builds."""
+  if not data.is_sparse(dataset.x_train) or sparse_rows(config, dataset):
+    return
+  rows = num_devices * -(-max(dataset.num_train, len(dataset.y_test)) // num_devices)
+  size = rows * dataset.num_features
+  if size <= data.MAX_DENSE_FLOATS:
+    return   # small enough: shard_rows densifies it
+  field, value = (("model", config.model) if config.model not in models.SPARSE_ROW_MODELS
+                  else ("algorithm", config.algorithm))
+  raise ConfigError(field, f"{value!r} takes dense rows, and densifying this sparse dataset ({rows:,} padded rows x "
+                    f"{dataset.num_features:,} features = {size:,} floats) exceeds 2^28; sparse rows stay sparse "
+                    f"(ELL) with model {' or '.join(models.SPARSE_ROW_MODELS)} under algorithm "
+                    f"{' or '.join(SPARSE_ROW_ALGORITHMS)} (e.g. configs/vr_prox_sparse.py), or use fewer rows "
+                    f"(--config.max_train_rows)")
 
 
 def load_dataset(config) -> data.Dataset:
@@ -137,7 +169,8 @@ def build(config, dataset: data.Dataset | None = None, mesh=None) -> Experiment:
   method = adapter.build(config, ctx)
   partition = (adapter.partition_rows(config, dataset.num_train, num_devices)
                if hasattr(adapter, "partition_rows") else None)
-  host_shard = data.shard_rows(dataset.x_train.astype(float_dtype), dataset.y_train, num_devices, partition)
+  host_shard = data.shard_rows(dataset.x_train.astype(float_dtype), dataset.y_train, num_devices, partition,
+                               ell=sparse_rows(config, dataset))
   shard = jax.tree.map(lambda x: mesh_lib.put(x, mesh, jax.P(AXIS)), host_shard)
   opt_state = jax.device_get(method.init_state(params, state_key))
   specs = (method.state_specs or replicated_specs)(opt_state)
@@ -174,7 +207,7 @@ def evaluate(exp: Experiment, params) -> dict:
     x_train, y_train = x_train[idx], y_train[idx]
   for split, x, y in (("train", x_train, y_train), ("test", exp.dataset.x_test, exp.dataset.y_test)):
     rows = jax.tree.map(lambda a: mesh_lib.put(a, exp.mesh, jax.P(AXIS)),
-                        data.shard_rows(x.astype(dtype), y, num_devices))
+                        data.shard_rows(x.astype(dtype), y, num_devices, ell=sparse_rows(exp.config, exp.dataset)))
     loss, acc = _eval_fn(exp.model)(params, rows)
     results[f"{split}_loss"] = float(mesh_lib.fetch(loss))
     results[f"{split}_accuracy"] = float(mesh_lib.fetch(acc))

@@ -161,10 +161,13 @@ def test_dap_svrg_on_a_100k_feature_svmlight_problem(tmp_path):
   assert run["measured"] == run["analytic"] == (run["rounds"] + 1) * 4 * x.shape[1] + 4
 
 
-def test_harness_runs_a_small_sparse_svmlight_file_and_refuses_a_large_one(tmp_path):
-  """Through ``train.run``: a CSR dataset small enough to densify trains and evaluates (``shard_rows``
-  densifies it: the device rows equal those of the same rows given dense), and one over 2^28 padded
-  floats fails with the ConfigError naming ``dataset`` before anything compiles."""
+def test_harness_trains_a_sparse_svmlight_file_on_ell_rows_and_refuses_to_densify_a_large_one(tmp_path):
+  """Through the harness: a CSR dataset under model logistic and algorithm dense goes to the devices
+  as ``EllRows`` and five steps equal those on the same rows given dense (same minibatches: the
+  ELL gather against flax's ``x @ W``); a small one under mlp is densified
+  (``test_shard_rows_densifies_small_and_refuses_large_sparse_rows``); one over 2^28 padded floats under mlp fails with the ConfigError naming
+  ``model`` before anything builds (``configs/vr_prox_sparse.py`` runs DAP-SVRG on ELL rows:
+  ``tests/test_sparse_launch.py``)."""
   from common import train
   from configs.common import base_config
   x, y, _ = data.sparse_logistic_csr(400, 300, nnz=(5, 15), seed=2)
@@ -172,15 +175,24 @@ def test_harness_runs_a_small_sparse_svmlight_file_and_refuses_a_large_one(tmp_p
                    eval_every=0, checkpoint_every=0)
   config = base_config("dense")
   config.update(dict(overrides, dataset=f"svmlight:{_dump(tmp_path, x, y)}"))
-  result = train.run(config, quiet=True)
-  assert np.isfinite(result.final["test_loss"]) and result.final["test_accuracy"] >= 0.5
   ds = data.load(config.dataset)
   assert data.is_sparse(ds.x_train) and data.is_sparse(ds.x_test)
   dense_ds = data.Dataset("dense", ds.x_train.toarray(), ds.y_train, ds.x_test.toarray(), ds.y_test, 2)
-  sparse_shard, dense_shard = (jax.device_get(train.build(config, d).shard) for d in (ds, dense_ds))
-  for a, b in zip(jax.tree.leaves(sparse_shard), jax.tree.leaves(dense_shard)):
-    np.testing.assert_array_equal(a, b)
+  params = []
+  for d in (ds, dense_ds):
+    exp = train.build(config, d)
+    assert isinstance(exp.shard.x, data.EllRows) == (d is ds)
+    compiled, p, s = exp.compile(), exp.params, exp.opt_state
+    for step in range(1, 6):
+      p, s, metrics = compiled(p, s, exp.shard, exp.key(step))
+      jax.block_until_ready(metrics)
+    params.append(p)
+  w_sparse, w_dense = (np.asarray(p["params"]["Dense_0"]["kernel"]) for p in params)
+  assert np.count_nonzero(w_dense) > 100
+  np.testing.assert_allclose(w_sparse, w_dense, rtol=1e-5, atol=1e-7)
+  assert train.evaluate(exp, params[0])["test_accuracy"] >= 0.5
+  config.model, config.widths = "mlp", (8,)
   big, yb, _ = data.sparse_logistic_csr(4_000, 100_000, nnz=(1, 2), seed=0)   # 3,200 train rows: 3.2e8 floats
   config.dataset = f"svmlight:{_dump(tmp_path, big, yb, 'big.svm')}"
-  with pytest.raises(ConfigError, match="config.dataset: densifying the sparse rows"):
+  with pytest.raises(ConfigError, match="config.model: 'mlp' takes dense rows, and densifying this sparse dataset"):
     train.run(config, quiet=True)
