@@ -83,6 +83,14 @@ def make_allocation(spec: GCSpec):
   return sign1bit.allocation(spec.allocation, spec.num_workers, redundancy(spec))
 
 
+def straggling(spec: GCSpec) -> tuple[float, dict]:
+  """The decoder's p and straggler-model kwargs: fixed s (p = s / K) for ``wait="first"``,
+  Bernoulli ``straggler_prob`` for ``"deadline"``, p = 0 for ``"all"``."""
+  if spec.wait == "first":
+    return spec.num_stragglers / spec.num_workers, dict(straggler_model="fixed", num_stragglers=spec.num_stragglers)
+  return (spec.straggler_prob if spec.wait == "deadline" else 0.0), {}
+
+
 def make_scheme(spec: GCSpec):
   """The ``sign1bit.coding.Scheme`` (axis_name=None) both the workers and the coordinator use.
 
@@ -94,16 +102,30 @@ def make_scheme(spec: GCSpec):
   if spec.method in ("dense", "ignore_stragglers"):
     return dataclasses.replace(gc_scheme(alloc, 0.0, None, axis_name=None, seed=spec.seed, quantize=False),
                                decode="active")
-  if spec.wait == "first":
-    kw = dict(straggler_model="fixed", num_stragglers=spec.num_stragglers)
-    p = spec.num_stragglers / spec.num_workers
-  else:
-    p = spec.straggler_prob if spec.wait == "deadline" else 0.0
-    kw = {}
-  bound = {"sgc": None, "gc_linf": "linf"}.get(spec.method)
+  p, kw = straggling(spec)
+  return gc_scheme(alloc, p, _bound(spec, alloc, p), axis_name=None, seed=spec.seed,
+                   quantize=spec.method != "sgc", **kw)
+
+
+def _bound(spec: GCSpec, alloc, p: float):
+  """B: None (sgc), 'linf', or the constant (``spec.bound`` or l G / (d (1 - p)))."""
   if spec.method == "gc_const":
-    bound = spec.bound or alloc.load * G / (alloc.redundancy * (1.0 - p))
-  return gc_scheme(alloc, p, bound, axis_name=None, seed=spec.seed, quantize=spec.method != "sgc", **kw)
+    return spec.bound or alloc.load * G / (alloc.redundancy * (1.0 - p))
+  return {"sgc": None, "gc_linf": "linf"}.get(spec.method)
+
+
+def spmd_transform(spec: GCSpec, axis_name: str):
+  """The SPMD ``sign1bit`` transformation of the same method on a K-device mesh axis: the public
+  constructor with the same allocation, p, B and seed as ``make_scheme``; its straggler mask is
+  drawn from the key (``sign1bit.coding.active_mask``), not from arrival order."""
+  import sign1bit
+  alloc = make_allocation(spec)
+  p, kw = straggling(spec)
+  if spec.method in ("dense", "ignore_stragglers"):
+    return sign1bit.scale_by_ignore_stragglers(p, axis_name=axis_name, seed=spec.seed,
+                                               num_workers=spec.num_workers, **kw)
+  return sign1bit.scale_by_one_bit_gc(alloc, p, _bound(spec, alloc, p), axis_name=axis_name, seed=spec.seed,
+                                      quantize=spec.method != "sgc", **kw)
 
 
 def load_digits(spec: GCSpec):
@@ -246,7 +268,7 @@ def _collect(spec, refs, live, lost, step, t_start, log):
       break
     k = pending.pop(done[0])
     try:
-      got[k] = ray.get(done[0])
+      got[k] = dict(ray.get(done[0]), arrive_s=time.perf_counter() - t0)   # since the collection began
     except _actor_error():
       live.remove(k)
       wall = time.perf_counter() - t_start
@@ -269,10 +291,14 @@ def _start_workers(spec, xs, ys):
 
 
 def run(spec: GCSpec, *, on_step: Callable[[dict, np.ndarray], None] | None = None,
-        log: Callable[[str], None] = print):
-  """Trains; returns {"w", "records", "lost", "startup_s", "test_accuracy"}. Ray must be running
-  (``ps.start_ray``); wall_time in the records counts from when every worker is up and compiled.
-  ``on_step(record, w)`` after each step."""
+        log: Callable[[str], None] = print, start: dict | None = None):
+  """Trains; returns {"w", "records", "lost", "startup_s", "timing", "test_accuracy"}. Ray must be
+  running (``ps.start_ray``); wall_time in the records counts from when every worker is up and
+  compiled. ``on_step(record, w)`` after each step. ``start`` (a resume): {"step": steps done,
+  "w", "wall_time", "uplink_bits", "cum_bytes"} of the last checkpoint; the loop continues at that
+  step (its delays and quantizer keys are the step's, as in an uninterrupted run). ``timing``: per step, the measured
+  per-operation costs of ``gc_model`` (dispatch, decode, eval; per arrival: worker, compute,
+  injected delay, arrival time since the collection began)."""
   import ray
   from common.digits_softmax import LAM
   from common.async_ray.ps import _actor_error
@@ -290,28 +316,33 @@ def run(spec: GCSpec, *, on_step: Callable[[dict, np.ndarray], None] | None = No
   startup_s = time.perf_counter() - t0
   log(f"{spec.num_workers} {spec.method} workers up in {startup_s:.1f} s")
   try:
-    w, records, lost = _train(spec, workers, decoder, x_all, y_all, on_step, log)
+    w, records, lost, timing = _train(spec, workers, decoder, x_all, y_all, on_step, log, start)
   finally:
     for actor in workers.values():   # also ends the sleeping threads of dropped late steps
       ray.kill(actor)
-  return {"w": w, "records": records, "lost": lost, "startup_s": startup_s,
+  return {"w": w, "records": records, "lost": lost, "startup_s": startup_s, "timing": timing,
           "test_accuracy": objective_np(w, x_test, y_test, LAM)[1]}
 
 
-def _train(spec, workers, decoder, x_all, y_all, on_step, log):
-  """The step loop of ``run``: broadcast, collect, decode, log; returns (w, records, lost)."""
+def _train(spec, workers, decoder, x_all, y_all, on_step, log, start=None):
+  """The step loop of ``run``: broadcast, collect, decode, log; returns (w, records, lost, timing)."""
   import ray
   from common.digits_softmax import D, LAM
-  w = np.zeros(D, np.float32)
-  live, lost, records = set(workers), [], []
-  cum_bits = cum_bytes = 0
-  t_start = time.perf_counter()
-  for step in range(spec.num_steps):
+  start = start or {"step": 0, "w": np.zeros(D, np.float32), "wall_time": 0.0, "uplink_bits": 0, "cum_bytes": 0}
+  w = np.asarray(start["w"], np.float32)
+  live, lost, records, timing = set(workers), [], [], []
+  cum_bits, cum_bytes = int(start["uplink_bits"]), int(start["cum_bytes"])
+  t_start = time.perf_counter() - float(start["wall_time"])   # wall time continues the stored run's
+  for step in range(int(start["step"]), spec.num_steps):
     t_step = time.perf_counter()
     w_ref = ray.put(w)
     refs = {workers[k].step.remote(w_ref, step): k for k in sorted(live)}
+    t_sent = time.perf_counter()
+    live_before = sorted(live)
     got = _collect(spec, refs, live, lost, step, t_start, log)
+    t_got = time.perf_counter()
     w, _ = decoder(w, spec.lr, got)
+    t_decoded = time.perf_counter()
     cum_bits += len(got) * decoder.bits
     cum_bytes += sum(message_bytes(m) for m in got.values())
     loss, _ = objective_np(w, x_all, y_all, LAM)
@@ -320,12 +351,15 @@ def _train(spec, workers, decoder, x_all, y_all, on_step, log):
               "uplink_bits": cum_bits, "bits_per_step": len(got) * decoder.bits, "cum_bytes": cum_bytes,
               "clipped": sum(m["clipped"] for m in got.values()), "live": sorted(live)}
     records.append(record)
+    timing.append({"step": step, "live": live_before, "dispatch_s": t_sent - t_step, "collect_s": t_got - t_sent,
+                   "decode_s": t_decoded - t_got, "eval_s": time.perf_counter() - t_decoded,
+                   "arrivals": [(k, m["compute_s"], m["delay_s"], m["arrive_s"]) for k, m in got.items()]})
     on_step(record, w)
     if not np.isfinite(loss):
       raise RuntimeError(f"step {step + 1}: the loss is {loss} (lr {spec.lr} too large for {spec.method})")
     if spec.target_loss > 0 and loss <= spec.target_loss:
       break
-  return w, records, lost
+  return w, records, lost, timing
 
 
 def time_to_target(records, target: float):

@@ -10,10 +10,13 @@ stragglers (``gc.py``; ``_run_gc``); otherwise the asynchronous DAP/TAP-SVRG par
 metrics.jsonl (one line per epoch: loss, relative gap to the sklearn optimum, wall time, server
 version, delay mean/max/histogram, refused reads, uplink/downlink bytes, cum_bytes, live workers),
 updates.npz (every server update's worker, true delay, server time and service time),
-checkpoints/<epoch>/params.npz, final_params.npz and summary.json. A rerun starts afresh (no resume).
+checkpoints/<epoch>/params.npz, final_params.npz and summary.json. A DAP/TAP rerun starts afresh (no resume).
 The gradient-coding run writes one metrics line per step (loss F(w), wall_time, step_s, active |R_t|,
 arrived and live workers, uplink_bits, bits_per_step, cum_bytes, clipped), checkpoints every
 checkpoint_every steps and at the end, and summary.json with time_to_target when target_loss > 0.
+Rerun on the same workdir, it resumes as the SPMD harness does: the config must equal the stored
+one except ``fields.RESUMABLE`` (``fields.check_resume``), metrics.jsonl is cut back to the latest
+checkpoint's step (one line per step after any number of kills) and the run continues from it.
 A lost server is one line naming it and the last checkpoint kept (exit 4).
 """
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from common.async_ray import problems as problems_lib
-from common.errors import EXIT_CONFIG, EXIT_OK, EXIT_PEER, ConfigError
+from common.errors import EXIT_CONFIG, EXIT_OK, EXIT_PEER, ConfigError, FlagError
 
 VARIANTS = ("dap", "tap")
 
@@ -162,13 +165,39 @@ def _progress(record, num_steps, say):
       f"workers {record['workers']}, {record['cum_bytes']} B")
 
 
-def _prepare_workdir(config, workdir):
+def _prepare_workdir(config, workdir, resume: bool):
+  """Writes config.json; ``resume`` (GC) keeps metrics.jsonl and checkpoints once ``fields.check_resume``
+  has accepted the config; otherwise a rerun starts afresh."""
+  if resume:
+    from common import fields
+    fields.check_resume(config, workdir)   # before anything in the workdir is touched
   os.makedirs(os.path.join(workdir, "checkpoints"), exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump(config.to_dict(), f, indent=1, default=str)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  if os.path.exists(metrics_path):
-    os.remove(metrics_path)   # no resume: a rerun starts afresh
+  if not resume and os.path.exists(metrics_path):
+    os.remove(metrics_path)   # no DAP/TAP resume: a rerun starts afresh
+
+
+def _gc_resume_point(workdir, writer, say) -> dict | None:
+  """The latest checkpoint as ``gc.run``'s ``start`` (None: nothing stored); metrics.jsonl cut back to it."""
+  from common.metrics import read_metrics
+  ckpt = last_checkpoint(workdir)
+  if ckpt is None:
+    writer.truncate(0)
+    return None
+  step = int(os.path.basename(ckpt))
+  dropped = writer.truncate(step)
+  rows = {r["step"]: r for r in read_metrics(workdir)}
+  if step not in rows:
+    raise ConfigError("workdir", f"{ckpt} has no metrics.jsonl line for step {step}; use a new --workdir")
+  with np.load(os.path.join(ckpt, "params.npz")) as f:
+    w = f["w"]
+  say(f"resumed from checkpoint at step {step} in {ckpt}"
+      + (f" (metrics.jsonl: dropped {dropped} line(s) written after it)" if dropped else ""))
+  last = rows[step]
+  return {"step": step, "w": w, "wall_time": last["wall_time"], "uplink_bits": last["uplink_bits"],
+          "cum_bytes": last["cum_bytes"]}
 
 
 def _save_params(workdir, step, w):
@@ -195,7 +224,7 @@ def run(config, workdir: str, quiet: bool = False) -> Result:
   import ray
   from common.async_ray import ps
   check(config)
-  _prepare_workdir(config, workdir)
+  _prepare_workdir(config, workdir, resume=_is_gc(config))
   say = (lambda line: None) if quiet else (lambda line: print(line, flush=True))
   started = ps.start_ray(config.num_workers + 1, config.get("ray_address"))
   try:
@@ -233,9 +262,13 @@ def _run_ps(config, workdir, say) -> Result:
 def _run_gc(config, workdir, say) -> Result:
   """1-bit GC / baselines with real stragglers: metrics.jsonl one line per step (gc.run's records)."""
   from common.async_ray import gc
-  from common.metrics import MetricWriter
+  from common.metrics import MetricWriter, read_metrics
   writer = MetricWriter(workdir)
   spec = gc_spec_from_config(config)
+  start = _gc_resume_point(workdir, writer, say)
+  if start is not None and start["step"] >= config.num_steps:
+    say(f"nothing to run: the latest checkpoint is at step {start['step']} >= num_steps={config.num_steps}")
+    return Result("ok", start["step"], {"steps": start["step"]})
 
   def on_step(record, w):
     writer.write(**record)
@@ -247,11 +280,12 @@ def _run_gc(config, workdir, say) -> Result:
           f"active {record['active']} {record['arrived']}, uplink {record['uplink_bits'] / 1e6:.3f} Mbit, "
           f"live {record['live']}")
 
-  out = gc.run(spec, on_step=on_step, log=say)
+  out = gc.run(spec, on_step=on_step, log=say, start=start)
   np.savez(os.path.join(workdir, "final_params.npz"), w=out["w"])
   last = out["records"][-1]
   _save_params(workdir, last["step"], out["w"])   # the final checkpoint, as the SPMD harness writes it
-  ttt, ttt_step = gc.time_to_target(out["records"], config.target_loss) if config.target_loss else (None, None)
+  rows = read_metrics(workdir)   # every step, the resumed-from run's too
+  ttt, ttt_step = gc.time_to_target(rows, config.target_loss) if config.target_loss else (None, None)
   final = {"loss": last["loss"], "test_accuracy": out["test_accuracy"], "wall_time": last["wall_time"],
            "steps": last["step"], "uplink_bits": last["uplink_bits"], "startup_s": out["startup_s"],
            "time_to_target": ttt, "steps_to_target": ttt_step, "lost_workers": out["lost"]}
@@ -270,7 +304,7 @@ def main(config, workdir: str) -> int:
   from common.async_ray import ps
   try:
     run(config, workdir)
-  except ConfigError as e:
+  except (ConfigError, FlagError) as e:
     sys.stderr.write(f"error: {e}\n")
     return EXIT_CONFIG
   except ps.ServerLost as e:
