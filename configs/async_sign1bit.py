@@ -18,7 +18,9 @@ decoder's p is num_stragglers / K, ``straggler_prob`` with a deadline, 0 when wa
 GC methods use allocation frc (or cyclic) with redundancy d; bound (gc_const) 0 = l G / (d (1 - p)).
 ``target_loss`` > 0 stops at the first step with F(w) <= target_loss. metrics.jsonl: loss F(w),
 wall_time, active |R_t|, arrived workers, uplink_bits (cumulative |R_t| x bits per message),
-cum_bytes (payload bytes received), live workers.
+cum_bytes (payload bytes received), live workers. Rerun on the same --workdir, a killed run resumes
+from its latest checkpoint (``checkpoint_every``) with one metrics line per step; only num_steps,
+log_every, eval_every and checkpoint_every may change (anything else: one line naming --workdir).
 """
 import ml_collections
 
