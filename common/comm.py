@@ -42,6 +42,10 @@ DTYPE_BYTES = {
 }
 KINDS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
+COMPILED, LOWERED = "compiled", "lowered"
+SOURCES = {COMPILED: "from the compiled program (XLA's dtypes: XLA:CPU sends bf16 collectives as f32)",
+           LOWERED: "from the lowered program (StableHLO, the program's own dtypes)"}
+
 _INSTRUCTION = re.compile(r"^\s+(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.+?)\s+([\w\-]+)\((.*)$")
 _ARRAY = re.compile(r"\b([a-z][0-9a-z]*)\[([0-9,]*)\]")
 
@@ -75,6 +79,7 @@ class CommReport:
   notes: tuple[str, ...]
   num_devices: int
   unattributed: tuple[str, ...] = ()  # conditionals with differing branch costs that ``taken`` did not decide
+  source: str = "compiled"            # which text the figures come from: COMPILED or LOWERED
 
   def of_kind(self, kind: str) -> tuple[Collective, ...]:
     return tuple(c for c in self.collectives if c.kind == kind)
@@ -92,7 +97,7 @@ class CommReport:
 
   def summary(self) -> str:
     lines = [f"payload {self.payload:,.0f} B/device/step, wire {self.wire:,.0f} B (ring model), "
-             f"{self.count} collective(s) carrying {self.arrays} array(s)"]
+             f"{self.count} collective(s) carrying {self.arrays} array(s); {SOURCES[self.source]}"]
     for c in self.collectives:
       lines.append(f"  {c.kind:18s} {c.shape:28s} n={c.group_size} x{c.count} "
                    f"payload={c.payload * c.count:,.0f} B")
@@ -173,18 +178,21 @@ def _frame_functions(text: str) -> dict[int, frozenset[str]]:
   return result
 
 
-def collective_bytes(compiled: Any, taken: dict[str, bool] | None = None) -> CommReport:
-  """Counts the collective bytes of a compiled program (see module docstring).
+@dataclasses.dataclass
+class _Program:
+  """A program as a call graph: per computation (HLO computation, or a StableHLO function/region) its
+  collectives ``(kind, shape, n, payload, wire)`` and its calls ``(how, targets, trip count)``;
+  ``names(comp)`` = the functions its own instructions were traced in (for ``taken``)."""
+  ops: dict
+  calls: dict
+  entry: str | None
+  num_devices: int
+  names: Any
 
-  Args:
-    compiled: a `jax.stages.Compiled` (``jax.jit(f).lower(...).compile()``) or its
-      ``as_text()``.
-    taken: optional ``{function name: runs this step}``; conditionals whose branches it
-      identifies count the branch the step takes instead of the dearest.
-  """
-  text = _hlo_text(compiled)
+
+def _parse_hlo(text: str, with_names: bool) -> _Program:
+  """The compiled (post-optimisation) HLO text: computations, collectives, while/conditional/call edges."""
   m = re.search(r"num_partitions=(\d+)", text)
-  num_devices = int(m.group(1)) if m else 1
   ops: dict[str, list[tuple]] = {}
   calls: dict[str, list[tuple]] = {}
   frames_of: dict[str, set[int]] = {}     # computation -> stack frames of its instructions
@@ -208,7 +216,7 @@ def collective_bytes(compiled: Any, taken: dict[str, bool] | None = None) -> Com
       sizes = _array_sizes(shape)
       if op.endswith("-start") and kind != "all-reduce" and len(sizes) > 1:
         sizes = sizes[len(sizes) // 2:]  # async tuple is (operands..., results...)
-      n = _group_size(rest, num_devices)
+      n = _group_size(rest, int(m.group(1)) if m else 1)
       per = [_per_device(kind, s, n) for s in sizes]
       ops[current].append((kind, shape, n, sum(p for p, _ in per), sum(w for _, w in per)))
     elif op == "while":
@@ -222,19 +230,25 @@ def collective_bytes(compiled: Any, taken: dict[str, bool] | None = None) -> Com
       calls[current].append(("cond", names, 1))
     for callee in re.findall(r"(?:calls|to_apply)=%?([\w.\-]+)", rest):
       calls[current].append(("call", [callee], 1))
+  frame_functions = _frame_functions(text) if with_names else {}
 
+  def names(comp: str) -> frozenset[str]:
+    return frozenset().union(*(frame_functions.get(f, frozenset()) for f in frames_of.get(comp, ())))
+  return _Program(ops, calls, entry, int(m.group(1)) if m else 1, names)
+
+
+def _count(program: _Program, taken: dict[str, bool] | None, source: str) -> CommReport:
+  """Adds up the collectives reachable from the entry (trip counts, dearest or ``taken`` branch)."""
+  ops, calls = program.ops, program.calls
   notes: list[str] = []
   unattributed: list[str] = []
-  frame_functions = _frame_functions(text) if taken is not None else {}
   function_cache: dict[str, frozenset[str]] = {}
 
   def functions(comp: str) -> frozenset[str]:
     """Functions the instructions of ``comp`` (and of everything it calls) were traced in."""
     if comp not in function_cache:
       function_cache[comp] = frozenset()
-      names = set()
-      for f in frames_of.get(comp, ()):
-        names |= frame_functions.get(f, frozenset())
+      names = set(program.names(comp))
       for _, targets, _ in calls.get(comp, []):
         for t in targets:
           names |= functions(t)
@@ -278,17 +292,208 @@ def collective_bytes(compiled: Any, taken: dict[str, bool] | None = None) -> Com
         found += visit(targets[0], mult)
     return found
 
-  collectives = tuple(visit(entry, 1)) if entry else ()
+  collectives = tuple(visit(program.entry, 1)) if program.entry else ()
   return CommReport(
       payload=sum(c.payload * c.count for c in collectives),
       wire=sum(c.wire * c.count for c in collectives),
-      collectives=collectives, notes=tuple(notes), num_devices=num_devices,
-      unattributed=tuple(unattributed))
+      collectives=collectives, notes=tuple(notes), num_devices=program.num_devices,
+      unattributed=tuple(unattributed), source=source)
+
+
+# ----------------------------------------------------------------------------- the lowered program (StableHLO)
+_MLIR_DTYPES = {"i1": "pred", "i4": "s4", "ui4": "u4", "i8": "s8", "ui8": "u8", "i16": "s16", "ui16": "u16",
+                "i32": "s32", "ui32": "u32", "i64": "s64", "ui64": "u64", "f16": "f16", "bf16": "bf16",
+                "f32": "f32", "f64": "f64", "complex<f32>": "c64", "complex<f64>": "c128",
+                "f8E4M3FN": "f8e4m3fn", "f8E5M2": "f8e5m2"}
+_STABLEHLO_KINDS = {"stablehlo." + k.replace("-", "_"): k for k in KINDS}
+_COLLECTIVE_OP = re.compile(r'"(stablehlo\.(?:all_reduce|all_gather|reduce_scatter|all_to_all|collective_permute))"')
+_SIGNATURE = re.compile(r"[>)}]\s*:\s*\((.*?)\)\s*->\s*(.+)$")
+_TENSOR = re.compile(r"tensor<((?:[^<>]|<[^<>]*>)*)>")
+_LOC_SUFFIX = re.compile(r"\s+loc\((?:[^()]|\((?:[^()]|\([^()]*\))*\))*\)\s*$")
+_CONSTANT = re.compile(r"^\s*(%[\w#]+) = stablehlo\.constant dense<(-?\d+)> : tensor<[a-z]*\d+>")
+
+
+def _hlo_type(mlir: str) -> str:
+  """``tensor<8x16xbf16>`` body -> HLO spelling ``bf16[8,16]`` (so ``Collective.dtypes`` reads both texts)."""
+  parts = re.split(r"x(?![^<]*>)", mlir)
+  dtype, dims = parts[-1], parts[:-1]
+  if any(not d.isdigit() for d in dims):
+    raise ValueError(f"collective on a dynamically shaped tensor<{mlir}>: its bytes are not static")
+  if dtype not in _MLIR_DTYPES:
+    raise ValueError(f"collective on tensor<{mlir}>: element type {dtype!r} has no byte size in common.comm")
+  return f"{_MLIR_DTYPES[dtype]}[{','.join(dims)}]"
+
+
+def _code(line: str) -> str:
+  """``line`` without its trailing ``loc(...)`` and with string literals emptied (for brace counting)."""
+  return re.sub(r'"[^"]*"', '""', _LOC_SUFFIX.sub("", line))
+
+
+def _loc_names(text: str, lines: list[str]) -> dict[int, frozenset[str]]:
+  """Line index -> short names of the functions/ops in that line's location (``as_text(debug_info=True)``):
+  every ``"name"(...)`` in the ``#loc`` chain, last component after ``.`` (as the HLO ``FunctionNames``)."""
+  table = dict(re.findall(r"^(#loc\d*) = (.*)$", text, re.M))
+  cache: dict[str, frozenset[str]] = {}
+
+  def resolve(body: str, seen: frozenset = frozenset()) -> frozenset[str]:
+    names = {n.split(".")[-1] for n in re.findall(r'"([^"]*)"\(', body)}
+    for ref in re.findall(r"#loc\d*", body):
+      if ref not in seen and ref in table:
+        if ref not in cache:
+          cache[ref] = resolve(table[ref], seen | {ref})
+        names |= cache[ref]
+    return frozenset(names)
+
+  out = {}
+  for i, line in enumerate(lines):
+    loc = _LOC_SUFFIX.search(line)
+    if loc:
+      out[i] = resolve(loc.group(0))
+  return out
+
+
+class _StableHLO:
+  """Builds a ``_Program`` from StableHLO text: every function and region becomes a computation;
+  ``stablehlo.while`` a loop (trip count from the ``compare LT, counter, constant`` pattern jax emits for
+  ``fori_loop``/``scan``), ``stablehlo.case``/``if`` a conditional, ``func.call`` a call."""
+
+  def __init__(self, text: str):
+    self.lines = [l for l in text.splitlines() if not l.startswith("#loc")]
+    self.text = text
+    m = re.search(r"mhlo\.num_partitions = (\d+)", text)
+    self.num_devices = int(m.group(1)) if m else 1
+    self.ops, self.calls, self.spans, self.functions = {}, {}, {}, {}
+    self.block("module", 0, {})
+    loc_names = _loc_names(text, self.lines)
+    self.names = lambda comp: frozenset().union(*(loc_names.get(i, frozenset()) for i in self.spans.get(comp, ())))
+
+  def program(self) -> _Program:
+    calls = {c: [(how, [self.functions.get(t, t) for t in targets], k) for how, targets, k in edges]
+             for c, edges in self.calls.items()}
+    return _Program(self.ops, calls, self.functions.get("main"), self.num_devices, self.names)
+
+  def block(self, comp: str, i: int, consts: dict) -> int:
+    """Reads the lines of region ``comp`` from ``i`` up to its closing ``}`` line; returns that line's index."""
+    self.ops.setdefault(comp, []), self.calls.setdefault(comp, []), self.spans.setdefault(comp, [])
+    consts = dict(consts)
+    while i < len(self.lines):
+      code = _code(self.lines[i]).strip()
+      if code.startswith("}"):
+        return i
+      self.spans[comp].append(i)
+      const = _CONSTANT.match(self.lines[i])
+      if const:
+        consts[const.group(1)] = int(const.group(2))
+      if code.endswith("{"):
+        i = self.region_op(comp, i, consts)
+      else:
+        self.leaf(comp, self.lines[i], self.lines[i])
+      i += 1
+    return i
+
+  def region_op(self, comp: str, i: int, consts: dict) -> int:
+    """An op with regions (its first line is ``lines[i]``); returns the index of its last line."""
+    head, regions, j = self.lines[i], [], i
+    if _code(head).strip() == "cond {" and i and "stablehlo.while" in self.lines[i - 1]:
+      head = self.lines[i - 1]      # "%r = stablehlo.while(...) : types" then "cond {" ... "} do {" ... "}"
+    func = re.match(r"\s*func\.func\s+(?:\w+\s+)?@([\w.$\-]+)", head)
+    while True:
+      name = func.group(1) if func else f"{comp}/{len(self.ops)}"
+      regions.append(name)
+      j = self.block(name, j + 1, {} if func else consts)
+      if not _code(self.lines[j]).strip().endswith("{"):   # "}, {" and "} do {" open the next region
+        break
+    if func:
+      self.functions[func.group(1)] = func.group(1)
+    elif "stablehlo.while" in head:
+      self.calls[comp].append(("loop", [regions[1]], self.trip_count(head, regions, consts)))
+    elif re.search(r'"?stablehlo\.(case|if)"?', head):
+      self.calls[comp].append(("cond", regions, 1))
+    else:
+      self.leaf(comp, head, self.lines[j])      # a collective with a reducer region, or an inlined region
+      self.calls[comp] += [("call", [r], 1) for r in regions if not _COLLECTIVE_OP.search(head)]
+    self.spans[comp].append(j)
+    return j
+
+  def leaf(self, comp: str, head: str, last: str) -> None:
+    op = _COLLECTIVE_OP.search(head)
+    call = re.search(r"(?:func\.)?call @([\w.$\-]+)\(", head)
+    if call:
+      self.calls[comp].append(("call", [call.group(1)], 1))
+    if not op:
+      return
+    kind = _STABLEHLO_KINDS[op.group(1)]
+    sig = _SIGNATURE.search(_LOC_SUFFIX.sub("", last))
+    if sig is None:
+      raise ValueError(f"cannot read the operand/result types of {op.group(1)}: {last.strip()[:200]}")
+    shape = ", ".join(_hlo_type(t) for t in _TENSOR.findall(sig.group(2)))
+    shape = f"({shape})" if shape.count("[") > 1 else shape
+    groups = re.search(r"replica_groups = dense<.*?> : tensor<(\d+)x(\d+)xi64>", head)
+    n = int(groups.group(2)) if groups and int(groups.group(2)) else self.num_devices
+    per = [_per_device(kind, size, n) for size in _array_sizes(shape)]
+    self.ops[comp].append((kind, shape, n, sum(p for p, _ in per), sum(w for _, w in per)))
+
+  def trip_count(self, head: str, regions: list[str], consts: dict) -> int | None:
+    """``(limit - start) / step`` for a counter compared ``LT`` with a constant in the condition and
+    incremented by a constant in the body; None when the loop does not have that form."""
+    inits = dict(re.findall(r"(%iterArg\w*) = (%[\w#]+)", head))
+    cond, body = ("\n".join(self.lines[k] for k in self.spans[r]) for r in regions[:2])
+    scope = dict(consts)
+    scope.update({c.group(1): int(c.group(2)) for c in map(_CONSTANT.match, cond.splitlines()) if c})
+    for counter, limit in re.findall(r"stablehlo\.compare\s+LT, (%iterArg\w*), (%[\w#]+)", cond):
+      start, stop = consts.get(inits.get(counter)), scope.get(limit)
+      body_consts = {c.group(1): int(c.group(2)) for c in map(_CONSTANT.match, body.splitlines()) if c}
+      steps = [body_consts.get(k, consts.get(k)) for k in
+               re.findall(rf"stablehlo\.add {re.escape(counter)}, (%[\w#]+)", body)]
+      if start is not None and stop is not None and len(steps) == 1 and steps[0]:
+        return max(0, -(-(stop - start) // steps[0]))
+    return None
+
+
+def lowered_collective_bytes(lowered: Any, taken: dict[str, bool] | None = None) -> CommReport:
+  """Counts the collectives of the lowered program (StableHLO) in the dtypes the program sends.
+
+  XLA:CPU rewrites a bf16 all-reduce, reduce-scatter or all-gather into convert -> f32 collective -> convert,
+  so the compiled text (``collective_bytes``) shows twice the bytes of a bf16 payload; the lowered text
+  keeps the program's dtype.
+  What the lowered text lacks: collectives the partitioner inserts under ``jit`` shardings and XLA's
+  combining of collectives (it shows the program's own ``psum``/``all_gather``/... as written, including
+  the all-reduce of a gradient w.r.t. replicated ``shard_map`` inputs, which jax's transpose emits).
+
+  Args:
+    lowered: a `jax.stages.Lowered` (``jax.jit(f).lower(...)``; read with ``debug_info=True`` so that
+      ``taken`` can name functions) or StableHLO text.
+    taken: as for ``collective_bytes``; names are matched against the functions in each op's location.
+  """
+  if isinstance(lowered, str):
+    text = lowered
+  elif hasattr(lowered, "as_text") and hasattr(lowered, "compile"):
+    text = lowered.as_text(debug_info=taken is not None)
+  else:
+    raise TypeError(f"expected a jax.stages.Lowered or StableHLO text, got {type(lowered).__name__}")
+  return _count(_StableHLO(text).program(), taken, LOWERED)
+
+
+def collective_bytes(compiled: Any, taken: dict[str, bool] | None = None) -> CommReport:
+  """Counts the collective bytes of a compiled program (see module docstring).
+
+  Args:
+    compiled: a `jax.stages.Compiled` (``jax.jit(f).lower(...).compile()``) or its
+      ``as_text()``.
+    taken: optional ``{function name: runs this step}``; conditionals whose branches it
+      identifies count the branch the step takes instead of the dearest.
+  """
+  return _count(_parse_hlo(_hlo_text(compiled), taken is not None), taken, COMPILED)
 
 
 def step_bytes(fn, *args, **kwargs) -> CommReport:
   """Lowers and compiles ``fn`` (a jitted function) on ``args`` and counts its collectives."""
   return collective_bytes(fn.lower(*args, **kwargs).compile())
+
+
+def lowered_step_bytes(fn, *args, **kwargs) -> CommReport:
+  """Lowers ``fn`` (a jitted function) on ``args`` and counts its collectives in the lowered dtypes."""
+  return lowered_collective_bytes(fn.lower(*args, **kwargs))
 
 
 def dense_allreduce_present(report: CommReport, num_elements: int, dtype: str = "f32") -> bool:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from common.comm import collective_bytes, dense_allreduce_present, step_bytes
+from common.comm import COMPILED, LOWERED, collective_bytes, dense_allreduce_present, lowered_collective_bytes
 
 P = jax.P
 
@@ -14,8 +14,22 @@ def _mesh(n):
   return jax.make_mesh((n,), ("data",), devices=jax.devices()[:n], axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def _count(fn, n, *args, in_specs, out_specs):
-  return step_bytes(jax.jit(jax.shard_map(fn, mesh=_mesh(n), in_specs=in_specs, out_specs=out_specs)), *args)
+def _lowered(fn, n, *args, in_specs, out_specs):
+  return jax.jit(jax.shard_map(fn, mesh=_mesh(n), in_specs=in_specs, out_specs=out_specs)).lower(*args)
+
+
+def _count(fn, n, *args, in_specs, out_specs, taken=None):
+  """The compiled program's count, after checking that the lowered program's count (StableHLO, parsed
+  independently) gives the same payload, wire bytes and per-execution kinds: these programs send f32/u8,
+  which XLA:CPU does not upcast, so the two texts must agree."""
+  lowered = _lowered(fn, n, *args, in_specs=in_specs, out_specs=out_specs)
+  compiled = collective_bytes(lowered.compile(), taken)
+  text = lowered_collective_bytes(lowered, taken)
+  assert (text.payload, text.wire, text.notes != ()) == (compiled.payload, compiled.wire, compiled.notes != ())
+  assert sorted(c.kind for c in text.collectives for _ in range(c.count)) == \
+      sorted(c.kind for c in compiled.collectives for _ in range(c.count))
+  assert (compiled.source, text.source) == (COMPILED, LOWERED)
+  return compiled
 
 
 def test_psum_over_four_devices():
@@ -89,3 +103,71 @@ def test_all_to_all_and_collective_permute():
   perm = [(i, (i + 1) % 4) for i in range(4)]
   r = _count(lambda x: lax.ppermute(x, "data", perm), 4, jnp.ones(64), in_specs=P("data"), out_specs=P("data"))
   assert [c.kind for c in r.collectives] == ["collective-permute"] and r.payload == 64
+
+
+def test_loop_trip_count_from_the_lowered_scan():
+  """``lax.scan`` lowers to a ``stablehlo.while`` counting 0..length; both texts count 7 trips."""
+  def f(x):
+    body = lambda c, _: (lax.pcast(lax.psum(c, "data"), "data", to="varying"), None)
+    return lax.scan(body, x, None, length=7)[0]
+  r = _count(f, 4, jnp.ones(64), in_specs=P("data"), out_specs=P("data"))
+  assert r.payload == 7 * 64
+
+
+def test_taken_picks_the_branch_in_both_texts():
+  def f(x, flag):
+    def summed(v):
+      return lax.pcast(lax.psum(v, "data"), "data", to="varying")
+
+    def doubled(v):
+      return v * 2.0
+    return lax.cond(flag[0] > 0, summed, doubled, x)
+  args = dict(in_specs=(P("data"), P("data")), out_specs=P("data"))
+  assert _count(f, 4, jnp.ones(64), jnp.ones(4), taken={"summed": True}, **args).payload == 64
+  assert _count(f, 4, jnp.ones(64), jnp.ones(4), taken={"summed": False}, **args).payload == 0
+
+
+@pytest.mark.parametrize("op, out", [
+    (lambda x: lax.psum(x, "data"), P()),                                         # all-reduce of bf16[16]
+    (lambda x: lax.psum_scatter(x, "data", tiled=True), P("data")),               # reduce-scatter, operand bf16[16]
+    (lambda x: lax.all_gather(x, "data", tiled=True, to="invarying"), P()),       # all-gather, operand bf16[16]
+], ids=["psum", "psum_scatter", "all_gather"])
+def test_bf16_lowered_counts_2_bytes_compiled_counts_the_f32_it_runs_on_cpu(op, out):
+  """XLA:CPU sends these bf16 collectives as f32 (convert, f32 collective, convert): the compiled text
+  counts 4 B per element, the lowered program 2 B, the dtype the program sends."""
+  want = 16 * 2                                   # each of 4 devices contributes its bf16[16]
+  lowered = _lowered(op, 4, jnp.ones(64, jnp.bfloat16), in_specs=P("data"), out_specs=out)
+  text, compiled = lowered_collective_bytes(lowered), collective_bytes(lowered.compile())
+  assert text.payload == want and text.collectives[0].dtypes == ("bf16",)
+  assert "from the lowered program" in text.summary() and "from the compiled program" in compiled.summary()
+  if jax.default_backend() == "cpu":
+    assert compiled.payload == 2 * want and compiled.collectives[0].dtypes == ("f32",)
+  else:
+    assert compiled.payload == want
+
+
+def test_sfb_bf16_factors_report_their_bf16_payload():
+  """tests/test_sfb_user_losses.py's bf16 case: the lowered count equals ``sfb.payload_bytes`` (2 B per
+  factor entry); the compiled count on CPU is twice that (the gathers run in f32)."""
+  import sfb
+  from tests.test_sfb_user_losses import MLP, _ce_loss, _data, _mean_gradient_fn
+  model = MLP(dtype=jnp.bfloat16)
+  loss_fn = _ce_loss(model)
+  x, y = _data()
+  params = model.init(jax.random.key(0), x[:1])
+  plan = sfb.plan(loss_fn, params, x, y, num_devices=8, rule="always")
+  lowered = _mean_gradient_fn(loss_fn, plan).lower(params, x, y)
+  text = lowered_collective_bytes(lowered)
+  assert text.payload == sfb.payload_bytes(plan) and {c.dtypes for c in text.collectives} == {("bf16",)}
+  if jax.default_backend() == "cpu":
+    assert collective_bytes(lowered.compile()).payload == 2 * sfb.payload_bytes(plan)
+
+
+def test_lowered_input_errors():
+  assert lowered_collective_bytes("module @m {\n}\n").payload == 0
+  with pytest.raises(TypeError):
+    lowered_collective_bytes(3)
+  dynamic = ('  %1 = "stablehlo.all_gather"(%0) <{all_gather_dim = 0 : i64, replica_groups = dense<[[0, 1]]> : '
+             'tensor<1x2xi64>}> : (tensor<?xf32>) -> tensor<?xf32>')
+  with pytest.raises(ValueError, match="dynamically shaped"):
+    lowered_collective_bytes(f"module @m {{\n  func.func public @main() {{\n{dynamic}\n  }}\n}}\n")
