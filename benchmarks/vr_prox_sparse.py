@@ -1,6 +1,7 @@
 """DAP-SVRG on a large sparse logistic-regression problem, rows kept sparse end to end (issue 14).
 
     python -m benchmarks.vr_prox_sparse [--rows 20000] [--features 100000] [--epochs 12] [--quick]
+    python -m benchmarks.vr_prox_sparse --gap_of <workdir>   # a launch.py run of configs/vr_prox_sparse.py
 
 1. Generates a seeded text-like problem (``common.data.sparse_logistic_csr``: 20-60 nonzeros per
    row at Zipf-distributed columns, unit-l2 rows, labels +-1 from a sparse ground truth) and writes
@@ -21,6 +22,13 @@
    (one d-float psum per round, the full gradient and its row count once per epoch).
 
 Writes ``benchmarks/results/vr_prox_sparse.md``.
+
+``--gap_of <workdir>`` reads a finished ``launch.py`` run (``config.json``, ``metrics.jsonl``,
+``final_params.npz``; ``configs/vr_prox_sparse.py``): rebuilds its training rows with
+``common.train.load_dataset``, solves them with sklearn saga at the run's l1 / l2 (step 3), and prints
+the relative gap of each logged epoch (the harness's float32 P(w)) and of the final params (float64
+on the CSR matrix), then compiles the run's step once more for its per-device memory
+(``memory_analysis``) against the rows x features x 4 bytes its rows would take dense.
 """
 from __future__ import annotations
 
@@ -87,17 +95,52 @@ def load_problem(path: str):
   return x.astype(np.float64), np.where(ds.y_train == 1, 1.0, -1.0), stats
 
 
-def sklearn_optimum(x, y):
+def sklearn_optimum(x, y, l1=L1, l2=L2):
   """(w*, seconds) of sklearn saga with the mapping of the module docstring."""
   from sklearn.linear_model import LogisticRegression
   t0 = time.perf_counter()
-  clf = LogisticRegression(C=1 / (x.shape[0] * (L1 + L2)), l1_ratio=L1 / (L1 + L2), solver="saga",
+  clf = LogisticRegression(C=1 / (x.shape[0] * (l1 + l2)), l1_ratio=l1 / (l1 + l2), solver="saga",
                            fit_intercept=False, tol=1e-10, max_iter=100000).fit(x, y)
   return clf.coef_.ravel(), time.perf_counter() - t0
 
 
-def objective(x, y, w):
-  return float(np.mean(np.logaddexp(0, -y * (x @ w))) + L1 * np.abs(w).sum() + 0.5 * L2 * w @ w)
+def objective(x, y, w, l1=L1, l2=L2):
+  return float(np.mean(np.logaddexp(0, -y * (x @ w))) + l1 * np.abs(w).sum() + 0.5 * l2 * w @ w)
+
+
+def gap_of(workdir: str) -> None:
+  """Prints the gaps and the device memory of a launch.py run (module docstring, ``--gap_of``)."""
+  import json
+
+  import ml_collections
+
+  from common import train
+  from common.metrics import read_metrics
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  a = config.algo
+  if config.model != "logistic" or a.prox != "elastic_net" or config.use_bias:
+    raise SystemExit(f"--gap_of: needs model logistic, prox elastic_net, no bias (configs/vr_prox_sparse.py); "
+                     f"got {config.model}, {a.prox}, use_bias={config.use_bias}")
+  ds = train.load_dataset(config)
+  x, y = ds.x_train.astype(np.float64), np.where(ds.y_train == 1, 1.0, -1.0)
+  w_star, seconds = sklearn_optimum(x, y, a.l1, a.l2)
+  p_star = objective(x, y, w_star, a.l1, a.l2)
+  print(f"{x.shape[0]} x {x.shape[1]} training rows, {x.nnz:,} nonzeros; sklearn saga P* = {p_star:.10f} "
+        f"({np.count_nonzero(w_star)} nonzeros) in {seconds:.1f} s")
+  for row in read_metrics(workdir):
+    print(f"  epoch {row['step']}: P = {row['loss']:.8f} (float32, on device)  gap {(row['loss'] - p_star) / p_star:.2e}"
+          f"  bytes {row['bytes']:,.0f}")
+  w = np.load(os.path.join(workdir, "final_params.npz"))["['params']['Dense_0']['kernel']"].astype(np.float64).ravel()
+  print(f"final params: P = {objective(x, y, w, a.l1, a.l2):.10f}, gap {(objective(x, y, w, a.l1, a.l2) - p_star) / p_star:.2e}"
+        f" (float64 on the CSR matrix), {np.count_nonzero(w)} nonzeros")
+  exp = train.build(config, ds)
+  memory = exp.compile().memory_analysis()
+  rows = exp.shard.mask.shape[0] // exp.mesh.shape["data"]
+  print(f"per device: arguments {memory.argument_size_in_bytes:,} B, temporaries {memory.temp_size_in_bytes:,} B, "
+        f"outputs {memory.output_size_in_bytes:,} B; its {rows:,} rows as ELL {type(exp.shard.x).__name__} width "
+        f"{exp.shard.x.values.shape[1]}: {rows * exp.shard.x.values.shape[1] * 8:,} B; dense they would take "
+        f"{rows * x.shape[1] * 4:,} B")
 
 
 def ell_shards(x, y, k):
@@ -206,7 +249,10 @@ def main():
   ap.add_argument("--batch", type=int, default=8)
   ap.add_argument("--lr", type=float, default=4.0, help="step gamma (rows have unit norm: L_i = 1/4)")
   ap.add_argument("--quick", action="store_true", help="2000 x 100000, 4 epochs, no results file")
+  ap.add_argument("--gap_of", help="a launch.py workdir of configs/vr_prox_sparse.py: its gaps and memory")
   args = ap.parse_args()
+  if args.gap_of:
+    return gap_of(args.gap_of)
   if args.quick:
     args.rows, args.epochs = 2000, 4
   args.load = " ".join(f"{v:.1f}" for v in os.getloadavg())

@@ -123,3 +123,26 @@ def test_sparse_rows_with_a_dense_only_model_or_algorithm_are_refused_before_bui
   message = str(err.value)
   assert err.value.field == named and "exceeds 2^28" in message and "max_train_rows" in message
   assert all(m in message for m in models.SPARSE_ROW_MODELS + train.SPARSE_ROW_ALGORITHMS)
+
+
+@pytest.mark.parametrize("name,classes,bias", [("logistic", 2, False), ("softmax", 5, True)])
+def test_linear_models_on_ell_rows_equal_flax_on_dense_rows(name, classes, bias):
+  """``linear_on_ell`` (a gather per output column) against flax's ``Dense`` on the densified rows:
+  logits, masked loss and its gradient (a scatter-add), with and without the intercept."""
+  x, _, _ = data.sparse_logistic_csr(24, 40, nnz=(1, 9), seed=5)
+  y = np.random.default_rng(0).integers(0, classes, 24).astype(np.int32)
+  model = models.make(name, num_features=40, num_classes=classes, use_bias=bias)
+  params = jax.tree.map(lambda p: p + 0.1, model.init(jax.random.key(1)))   # nonzero bias too
+  mask = (np.arange(24) < 20).astype(np.float32)
+
+  @jax.jit
+  def both(params, ell, dense):
+    return [(model.apply(params, rows), jax.grad(model.loss)(params, rows, y, mask)) for rows in (ell, dense)]
+
+  (logits_ell, grad_ell), (logits_dense, grad_dense) = both(params, data.ell_rows(x), x.toarray())
+  np.testing.assert_allclose(logits_ell, logits_dense, rtol=1e-5, atol=1e-6)
+  assert logits_ell.shape == ((24,) if classes == 2 else (24, classes))
+  for a, b in zip(jax.tree.leaves(grad_ell), jax.tree.leaves(grad_dense)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  with pytest.raises(ValueError, match="takes dense rows, not EllRows"):
+    models.make("mlp", num_features=40, num_classes=classes).apply(params, data.ell_rows(x))
