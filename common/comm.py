@@ -27,6 +27,17 @@ whether the branch traced in that function runs this step; a two-branch conditio
 with exactly one branch traced in such a function counts that branch or the other.
 This is how the harness logs the bytes of the branch a step took (e.g. a FOSI/DHO2
 refresh step vs a plain step) from the one compiled program.
+
+Which text (``CommReport.source``): the compiled text is what XLA runs, with XLA's
+dtypes. XLA:CPU sends a bf16 all-reduce, reduce-scatter or all-gather as f32 (convert,
+f32 collective, convert), so there a bf16 payload counts twice its bytes.
+``lowered_collective_bytes(jax.jit(f).lower(...))`` counts the lowered program
+(StableHLO) instead: the program's own collectives in the dtypes it sends, loops by the
+counter pattern jax emits, conditionals and ``taken`` as above (function names from the
+ops' debug-info locations). It does not see collectives the partitioner inserts under
+``jit`` shardings, nor XLA's combining (its ``count`` is of the collectives as written).
+Report the lowered figure for a bf16 payload and say which one a figure is
+(``CommReport.summary()`` does).
 """
 from __future__ import annotations
 
@@ -362,10 +373,17 @@ class _StableHLO:
     self.text = text
     m = re.search(r"mhlo\.num_partitions = (\d+)", text)
     self.num_devices = int(m.group(1)) if m else 1
-    self.ops, self.calls, self.spans, self.functions = {}, {}, {}, {}
+    self.ops, self.calls, self.spans, self.functions, self.context = {}, {}, {}, {}, {}
     self.block("module", 0, {})
-    loc_names = _loc_names(text, self.lines)
-    self.names = lambda comp: frozenset().union(*(loc_names.get(i, frozenset()) for i in self.spans.get(comp, ())))
+    self.loc_names = _loc_names(text, self.lines)
+
+  def names(self, comp: str) -> frozenset[str]:
+    """Functions in the locations of ``comp``'s lines, less those lines that carry the location of the
+    conditional ``comp`` is a branch of (its terminator, hoisted constants): that location is the call
+    stack around the ``cond``, shared by both branches."""
+    loc = lambda i: (m.group(0) if (m := _LOC_SUFFIX.search(self.lines[i])) else None)
+    lines = [i for i in self.spans.get(comp, ()) if comp not in self.context or loc(i) != self.context[comp]]
+    return frozenset().union(*(self.loc_names.get(i, frozenset()) for i in lines))
 
   def program(self) -> _Program:
     calls = {c: [(how, [self.functions.get(t, t) for t in targets], k) for how, targets, k in edges]
@@ -409,6 +427,8 @@ class _StableHLO:
       self.calls[comp].append(("loop", [regions[1]], self.trip_count(head, regions, consts)))
     elif re.search(r'"?stablehlo\.(case|if)"?', head):
       self.calls[comp].append(("cond", regions, 1))
+      loc = _LOC_SUFFIX.search(self.lines[j])
+      self.context.update({r: loc.group(0) for r in regions} if loc else {})
     else:
       self.leaf(comp, head, self.lines[j])      # a collective with a reducer region, or an inlined region
       self.calls[comp] += [("call", [r], 1) for r in regions if not _COLLECTIVE_OP.search(head)]

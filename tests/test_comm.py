@@ -171,3 +171,16 @@ def test_lowered_input_errors():
              'tensor<1x2xi64>}> : (tensor<?xf32>) -> tensor<?xf32>')
   with pytest.raises(ValueError, match="dynamically shaped"):
     lowered_collective_bytes(f"module @m {{\n  func.func public @main() {{\n{dynamic}\n  }}\n}}\n")
+
+
+def test_taken_when_the_cond_sits_inside_a_function_of_the_branch_name():
+  """dho's ``_Setup.refresh`` calls ``maybe_refresh``, whose ``lax.cond`` branch is also named ``refresh``: the
+  no-op branch's terminator carries the cond's own location (a stack through ``_Setup.refresh``), which
+  must not make it a ``refresh`` branch too."""
+  def refresh(x, flag):                # the enclosing function
+    def refresh(v):                    # the branch
+      return lax.pcast(lax.psum(v, "data"), "data", to="varying")
+    return lax.cond(flag[0] > 0, refresh, lambda v: v, x)
+  args = dict(in_specs=(P("data"), P("data")), out_specs=P("data"))
+  assert _count(refresh, 4, jnp.ones(64), jnp.ones(4), taken={"refresh": True}, **args).payload == 64
+  assert _count(refresh, 4, jnp.ones(64), jnp.ones(4), taken={"refresh": False}, **args).payload == 0
