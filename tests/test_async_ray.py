@@ -185,3 +185,21 @@ def test_bad_ray_config_is_one_line(tmp_path, override, message):
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1] == f"error: {message}" or message in proc.stderr
   assert "Traceback" not in proc.stderr and len([l for l in proc.stderr.splitlines() if l.startswith("error")]) == 1
+
+
+@pytest.mark.slow
+def test_ray_dap_resume_continues_from_the_last_epoch_checkpoint(tmp_path, capsys):
+  """Run 2 epochs, lose the epoch-2 checkpoint as a kill before it was written would, rerun with
+  num_steps=3: it resumes after epoch 1 (its metrics line kept as written), the server version
+  continues (epoch e ends at version e m), one metrics line per epoch, and the gap keeps falling."""
+  import shutil
+  from common.metrics import read_metrics
+  _, first = _ray_run(tmp_path, num_steps=2)
+  shutil.rmtree(tmp_path / "checkpoints" / "2")
+  runtime.run(_config(num_steps=3), str(tmp_path))
+  assert "resumed from checkpoint at step 1" in capsys.readouterr().out
+  rows = read_metrics(str(tmp_path))
+  assert [r["step"] for r in rows] == [1, 2, 3] and rows[0] == first[0] and rows[1] != first[1]
+  assert [r["version"] for r in rows] == [569, 2 * 569, 3 * 569]
+  assert rows[1]["wall_time"] > rows[0]["wall_time"] and rows[2]["gap"] < rows[1]["gap"] < rows[0]["gap"]
+  assert rows[2]["cum_bytes"] > rows[1]["cum_bytes"] > rows[0]["cum_bytes"]

@@ -114,10 +114,10 @@ class Server:
   """Holds x and its version; DAP only adds, TAP applies the prox (``vr_prox.tap_svrg``, axis_name=None)."""
 
   def __init__(self, problem, x0, *, variant: str, lr: float, tau: int, x64: bool,
-               die_at_version: int | None = None):
+               die_at_version: int | None = None, version: int = 0):
     self.variant, self.tau, self.die_at_version = variant, int(tau), die_at_version
     self.x = np.array(x0, np.float64 if x64 else np.float32)
-    self.version, self.end, self.refused = 0, 0, 0
+    self.version, self.end, self.refused = int(version), 0, 0   # version > 0: a resumed run's
     self.counts, self.state = {}, None
     self.t0 = time.perf_counter()
     self._log = self._empty_log()

@@ -129,25 +129,28 @@ def _get_server(ref, what):
     raise ServerLost(f"parameter server actor lost during {what}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
 
 
-def run(spec: Spec, *, on_epoch: Callable[[dict], None] | None = None, log: Callable[[str], None] = print):
+def run(spec: Spec, *, on_epoch: Callable[[dict], None] | None = None, log: Callable[[str], None] = print,
+        start: dict | None = None):
   """Runs ``spec.epochs`` epochs; returns {"x", "records", "lost", "p_star", "startup_s"} (wall_time
   in the records counts from when all actors are up). Starts Ray if it is not running
-  (and stops it again); ``on_epoch(record)`` after each epoch."""
+  (and stops it again); ``on_epoch(record)`` after each epoch. ``start`` (a resume): {"step":
+  epochs done, "w": x at their end, "version", "wall_time", "cum_bytes"}; the run continues with
+  epoch step + 1 from that x, server version and counters."""
   import ray
   started = start_ray(spec.num_workers + 1)
   try:
-    return _run(spec, on_epoch or (lambda record: None), log)
+    return _run(spec, on_epoch or (lambda record: None), log, start)
   finally:
     if started:
       ray.shutdown()
 
 
-def _start_actors(spec, problem):
+def _start_actors(spec, problem, x0, version0):
   import ray
   rows = problems_lib.shard_rows(len(problem.y), spec.num_workers)
   server = ray.remote(num_cpus=0, max_restarts=0)(actors.Server).remote(
-      problem, np.zeros(problem.shape), variant=spec.variant, lr=spec.lr, tau=spec.max_delay, x64=spec.x64,
-      die_at_version=spec.kill_server_at_version if spec.kill_server_at_version >= 0 else None)
+      problem, x0, variant=spec.variant, lr=spec.lr, tau=spec.max_delay, x64=spec.x64,
+      die_at_version=spec.kill_server_at_version if spec.kill_server_at_version >= 0 else None, version=version0)
   worker_cls = ray.remote(num_cpus=0, max_restarts=0)(actors.Worker)
   workers = {k: worker_cls.remote(k, problem, rows[k], variant=spec.variant, lr=spec.lr,
                                   relaxation=spec.relaxation, batch_size=spec.batch_size, seed=spec.seed,
@@ -188,20 +191,21 @@ def _gather_live(workers, refs, lost, server, epoch, t_start, log, timeout_s):
   return out
 
 
-def _run(spec, on_epoch, log):
+def _run(spec, on_epoch, log, start=None):
   import ray
   problem = problems_lib.load(spec.problem, l1=spec.l1, l2=spec.l2, lam=spec.lam)
+  start = start or {"step": 0, "w": np.zeros(problem.shape), "version": 0, "wall_time": 0.0, "cum_bytes": 0}
   t_actors = time.perf_counter()
-  server, workers = _start_actors(spec, problem)
+  server, workers = _start_actors(spec, problem, np.asarray(start["w"]).reshape(problem.shape), int(start["version"]))
   _get_server(server.ready.remote(), "startup")
   _gather_live(workers, {w.ready.remote(): k for k, w in workers.items()}, [], server, 0, t_actors, log,
                spec.epoch_timeout_s)
   startup_s = time.perf_counter() - t_actors   # actor processes and their JAX imports; not in wall_time
   log(f"server and {len(workers)} workers up in {startup_s:.1f} s")
   lost, records = [], []
-  t_start = time.perf_counter()
-  cum_bytes = 0
-  for epoch in range(1, spec.epochs + 1):
+  t_start = time.perf_counter() - float(start["wall_time"])   # wall time continues a resumed run's
+  cum_bytes = int(start["cum_bytes"])
+  for epoch in range(int(start["step"]) + 1, spec.epochs + 1):
     x_tilde, version = _get_server(server.read.remote(), f"epoch {epoch} snapshot")
     parts = _gather_live(workers, {w.shard_gradient.remote(x_tilde): k for k, w in workers.items()},
                          lost, server, epoch, t_start, log, spec.epoch_timeout_s)

@@ -10,13 +10,15 @@ stragglers (``gc.py``; ``_run_gc``); otherwise the asynchronous DAP/TAP-SVRG par
 metrics.jsonl (one line per epoch: loss, relative gap to the sklearn optimum, wall time, server
 version, delay mean/max/histogram, refused reads, uplink/downlink bytes, cum_bytes, live workers),
 updates.npz (every server update's worker, true delay, server time and service time),
-checkpoints/<epoch>/params.npz, final_params.npz and summary.json. A DAP/TAP rerun starts afresh (no resume).
+checkpoints/<epoch>/params.npz, final_params.npz and summary.json (updates.npz: the epochs run by the
+latest invocation).
 The gradient-coding run writes one metrics line per step (loss F(w), wall_time, step_s, active |R_t|,
 arrived and live workers, uplink_bits, bits_per_step, cum_bytes, clipped), checkpoints every
 checkpoint_every steps and at the end, and summary.json with time_to_target when target_loss > 0.
-Rerun on the same workdir, it resumes as the SPMD harness does: the config must equal the stored
+Rerun on the same workdir, either run resumes as the SPMD harness does: the config must equal the stored
 one except ``fields.RESUMABLE`` (``fields.check_resume``), metrics.jsonl is cut back to the latest
-checkpoint's step (one line per step after any number of kills) and the run continues from it.
+checkpoint's step (epoch for DAP/TAP; one line per step after any number of kills) and the run
+continues from it (DAP/TAP: from its x and server version, with fresh minibatch streams).
 A lost server is one line naming it and the last checkpoint kept (exit 4).
 """
 from __future__ import annotations
@@ -165,22 +167,19 @@ def _progress(record, num_steps, say):
       f"workers {record['workers']}, {record['cum_bytes']} B")
 
 
-def _prepare_workdir(config, workdir, resume: bool):
-  """Writes config.json; ``resume`` (GC) keeps metrics.jsonl and checkpoints once ``fields.check_resume``
-  has accepted the config; otherwise a rerun starts afresh."""
-  if resume:
-    from common import fields
-    fields.check_resume(config, workdir)   # before anything in the workdir is touched
+def _prepare_workdir(config, workdir):
+  """Writes config.json once ``fields.check_resume`` has accepted the config (a workdir of another
+  config: one line naming --workdir, nothing touched); metrics.jsonl and checkpoints are kept."""
+  from common import fields
+  fields.check_resume(config, workdir)
   os.makedirs(os.path.join(workdir, "checkpoints"), exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump(config.to_dict(), f, indent=1, default=str)
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  if not resume and os.path.exists(metrics_path):
-    os.remove(metrics_path)   # no DAP/TAP resume: a rerun starts afresh
 
 
-def _gc_resume_point(workdir, writer, say) -> dict | None:
-  """The latest checkpoint as ``gc.run``'s ``start`` (None: nothing stored); metrics.jsonl cut back to it."""
+def _resume_point(workdir, writer, say, counters) -> dict | None:
+  """The latest checkpoint as ``gc.run``'s / ``ps.run``'s ``start`` (None: nothing stored), with the
+  ``counters`` of its metrics line; metrics.jsonl cut back to it."""
   from common.metrics import read_metrics
   ckpt = last_checkpoint(workdir)
   if ckpt is None:
@@ -195,9 +194,12 @@ def _gc_resume_point(workdir, writer, say) -> dict | None:
     w = f["w"]
   say(f"resumed from checkpoint at step {step} in {ckpt}"
       + (f" (metrics.jsonl: dropped {dropped} line(s) written after it)" if dropped else ""))
-  last = rows[step]
-  return {"step": step, "w": w, "wall_time": last["wall_time"], "uplink_bits": last["uplink_bits"],
-          "cum_bytes": last["cum_bytes"]}
+  return {"step": step, "w": w, **{k: rows[step][k] for k in counters}}
+
+
+def _nothing_to_run(start, config, say) -> Result:
+  say(f"nothing to run: the latest checkpoint is at step {start['step']} >= num_steps={config.num_steps}")
+  return Result("ok", start["step"], {"steps": start["step"]})
 
 
 def _save_params(workdir, step, w):
@@ -224,7 +226,7 @@ def run(config, workdir: str, quiet: bool = False) -> Result:
   import ray
   from common.async_ray import ps
   check(config)
-  _prepare_workdir(config, workdir, resume=_is_gc(config))
+  _prepare_workdir(config, workdir)
   say = (lambda line: None) if quiet else (lambda line: print(line, flush=True))
   started = ps.start_ray(config.num_workers + 1, config.get("ray_address"))
   try:
@@ -239,6 +241,9 @@ def _run_ps(config, workdir, say) -> Result:
   from common.metrics import MetricWriter
   writer = MetricWriter(workdir)
   traces = []
+  start = _resume_point(workdir, writer, say, ("wall_time", "cum_bytes", "version"))
+  if start is not None and start["step"] >= config.num_steps:
+    return _nothing_to_run(start, config, say)
 
   def on_epoch(record):
     trace = record.pop("_trace")
@@ -248,7 +253,7 @@ def _run_ps(config, workdir, say) -> Result:
     if record["step"] % config.log_every == 0 or record["step"] == config.num_steps:
       _progress(record, config.num_steps, say)
 
-  out = ps.run(spec_from_config(config), on_epoch=on_epoch, log=say)
+  out = ps.run(spec_from_config(config), on_epoch=on_epoch, log=say, start=start)
   np.savez(os.path.join(workdir, "final_params.npz"), w=out["x"])
   _save_updates(workdir, traces)
   last = out["records"][-1]
@@ -265,10 +270,9 @@ def _run_gc(config, workdir, say) -> Result:
   from common.metrics import MetricWriter, read_metrics
   writer = MetricWriter(workdir)
   spec = gc_spec_from_config(config)
-  start = _gc_resume_point(workdir, writer, say)
+  start = _resume_point(workdir, writer, say, ("wall_time", "uplink_bits", "cum_bytes"))
   if start is not None and start["step"] >= config.num_steps:
-    say(f"nothing to run: the latest checkpoint is at step {start['step']} >= num_steps={config.num_steps}")
-    return Result("ok", start["step"], {"steps": start["step"]})
+    return _nothing_to_run(start, config, say)
 
   def on_step(record, w):
     writer.write(**record)
