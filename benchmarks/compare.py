@@ -1,7 +1,16 @@
-"""One comparison across methods and their peers on the digits MLP, all through the harness.
+"""One comparison across methods and their peers on every workload, all through the harness.
 
-    python -m benchmarks.compare            # full: lr grid per method, 300 steps, writes results/compare*
-    python -m benchmarks.compare --quick    # CI-sized: one lr per method, a few steps, --out elsewhere
+    python -m benchmarks.compare                          # the digits MLP: lr grid per method, 300 steps
+    python -m benchmarks.compare --workload cnn,transformer   # the real models (issue 14), ~25 min on 2 cores
+    python -m benchmarks.compare --workload all           # mlp, cnn and transformer
+    python -m benchmarks.compare --quick --workload all   # CI-sized: one lr, 6 steps, small models
+
+Workloads (``WORKLOADS``): ``mlp`` (the digits MLP; writes ``compare.md`` and ``compare_*.png``),
+``cnn`` (``configs/cnn_digits.py``) and ``transformer`` (``configs/transformer_text.py``), which write
+``compare_<workload>.md`` and ``compare_<workload>_*.png``. On the real models the methods the
+config files ship (dense Adam, sfb, sign1bit, ef, fosi, dho2) run with the files' settings; a
+method whose adapter refuses the model (kfac on cnn/transformer) is a "refused: <reason>" row.
+Each workload's target and the rule that set it are fixed in ``WORKLOADS``, before any run.
 
 Every method runs through ``common.train.build`` (same model, data, mesh, step wrapper) at P=8:
 dense SGD (momentum) and Adam, sfb (Xie et al., sufficient-factor broadcasting), sign1bit
@@ -21,10 +30,10 @@ steps). For each run:
   * peak per-device memory: arguments + outputs + temporaries - aliased, from the compiled step's
     ``memory_analysis()``.
 
-The target (smoothed loss <= TARGET, mean of the last ``SMOOTH`` step losses) is fixed here,
-before any run. A method's best learning rate is the one with the lowest final smoothed loss.
+The target (smoothed loss <= the workload's target, mean of the last ``SMOOTH`` step losses) is
+fixed here, before any run. A method's best learning rate is the one with the lowest final smoothed loss.
 
-``--merge`` (with ``--methods``) rewrites only those methods' rows of an existing ``compare.md``,
+``--merge`` (with ``--methods``) rewrites only those methods' rows of an existing table,
 keeps the other rows, records the command under the table and leaves the plots alone: for adding
 one method without rerunning all of them.
 """
@@ -42,6 +51,8 @@ import numpy as np  # noqa: E402
 
 from benchmarks.notes import RESULTS  # noqa: E402
 from common import comm, mesh as mesh_lib, train  # noqa: E402
+from common.errors import ConfigError  # noqa: E402
+from configs import cnn_digits, transformer_text  # noqa: E402
 from configs.common import base_config  # noqa: E402
 
 TARGET = 0.25          # smoothed training loss, chosen before the runs
@@ -80,15 +91,106 @@ METHODS = {
 }
 
 
-def method_config(name: str, lr: float, steps: int, widths=(64,)):
-  """The digits MLP workload (64-``widths``-10, global batch 128, P=8) for method ``name``."""
-  algorithm, setup, _ = METHODS[name]
-  config = base_config(algorithm)
-  config.update(dict(model="mlp", widths=widths, batch_size=128, num_steps=steps, num_devices=8,
-                     eval_every=0, checkpoint_every=0))
-  setup(config)
+def _configure(name: str, config, lr: float):
+  """``config`` set up for method ``name`` at learning rate ``lr``."""
+  METHODS[name][1](config)
   config.lr = lr
   return config
+
+
+def method_config(name: str, lr: float, steps: int, widths=(64,)):
+  """The digits MLP workload (64-``widths``-10, global batch 128, P=8) for method ``name``."""
+  config = base_config(METHODS[name][0])
+  config.update(dict(model="mlp", widths=widths, batch_size=128, num_steps=steps, num_devices=8,
+                     eval_every=0, checkpoint_every=0))
+  return _configure(name, config, lr)
+
+
+# The real models' own config files (issue 14) run these methods with their shipped settings
+# (``with_algorithm``: fosi/dho2 over Adam with the files' k, sign1bit schemes on max_train_rows);
+# the other methods start from the files' model and data with METHODS' settings.
+SHIPPED_ARG = {"dense_adam": "dense", "sfb_adam": "sfb", "one_bit_gc": "sign1bit", "ef_signsgd": "ef",
+               "fosi": "fosi", "dho2": "dho2"}
+QUICK_SHAPES = {   # --quick: the same kind of model, small enough to compile in seconds
+    "cnn": dict(channels=(4,), widths=(16,), batch_size=16),
+    "transformer": dict(d_model=16, num_heads=2, num_layers=1, seq_len=16, batch_size=16, max_train_rows=512),
+}
+
+
+def real_config(module, shape):
+  """Method config maker for a real model: ``module.get_config`` for the args it ships, else
+  ``shape(base_config(algorithm))`` with METHODS' settings; ``quick`` applies QUICK_SHAPES."""
+  def make(name: str, lr: float, steps: int, quick: bool):
+    if name in SHIPPED_ARG:
+      config = module.get_config(SHIPPED_ARG[name])
+      config.lr = lr
+    else:
+      config = _configure(name, shape(base_config(METHODS[name][0])), lr)
+    config.update(dict(num_steps=steps, num_devices=8, eval_every=0, checkpoint_every=0))
+    if quick:
+      config.update({k: v for k, v in QUICK_SHAPES[config.model].items()
+                     if k != "max_train_rows" or not config.max_train_rows or v < config.max_train_rows})
+    return config
+  return make
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+  """One model + data: its table file, plots prefix, fixed target (and the rule that set it),
+  step budget and per-method lr grid (the first lr is the one --quick runs; an empty grid or a
+  grid of one states its reason in ``grid_note``)."""
+  title: str
+  md: str
+  png_prefix: str
+  target: float
+  target_rule: str
+  steps: int
+  grids: dict
+  make: object                   # (method, lr, steps, quick) -> config
+  grid_note: str = ""
+  loss_note: str = ""
+
+
+def _mlp_make(name, lr, steps, quick):
+  return method_config(name, lr, steps, (16,) if quick else (64,))
+
+
+_ADAM = ("dense_adam", "sfb_adam", "fosi", "dho2")
+WORKLOADS = {
+    "mlp": Workload(
+        "Methods and peers on the digits MLP (64-64-10, global batch 128, P=8)", "compare.md", "compare_",
+        TARGET, f"smoothed training loss <= {TARGET} (mean of the last {SMOOTH} step losses), fixed before the runs",
+        STEPS, {m: METHODS[m][2] for m in METHODS}, _mlp_make,
+        loss_note="sign1bit's loss is its exact objective F (full partition gradients, l2 = 1e-3)."),
+    "cnn": Workload(
+        "Methods and peers on the digits CNN (`configs/cnn_digits.py`, global batch 64, P=8)", "compare_cnn.md",
+        "compare_cnn_", 0.5,
+        "smoothed training loss <= 0.5 (mean of the last 10 step losses), fixed before the runs: the dense Adam run of "
+        "`benchmarks.real_models --steps 50` reached test loss 0.181 after 50 steps, so 0.5 is a loss the shipped "
+        "config should pass inside this 40-step budget",
+        40, {**{m: (3e-3, 1e-2) for m in _ADAM}, "dense_momentum": (0.03, 0.1), "powersgd": (0.03, 0.1),
+             "one_bit_gc": (0.05, 0.15), "ef_signsgd": (0.05, 0.15), "kfac": ()},
+        real_config(cnn_digits, cnn_digits.digits_cnn),
+        grid_note="Grid: the shipped config's rate and about 3x it (Adam methods, sign1bit); momentum SGD and "
+                  "PowerSGD 0.03 and 0.1.",
+        loss_note="one_bit_gc / ef_signsgd (the config's sign1bit / ef args): their loss is the exact objective F on "
+                  "full partition gradients over the first 512 training rows (l2 = 0), not a minibatch loss."),
+    "transformer": Workload(
+        "Methods and peers on the byte-level transformer LM (`configs/transformer_text.py`, global batch 32 "
+        "windows of 64 bytes, P=8)", "compare_transformer.md", "compare_transformer_", 3.0,
+        "smoothed training loss <= 3.0 nats/byte (mean of the last 10 step losses), fixed before the runs: 0.26 "
+        "below the byte unigram entropy of the training text (3.26 nats/byte), so a method must use context to "
+        "reach it; the dense Adam run of `benchmarks.real_models --steps 50` reached test loss 2.517 after 50 steps",
+        40, {**{m: (2e-3,) for m in _ADAM}, "dense_momentum": (0.1,), "powersgd": (0.1,),
+             "one_bit_gc": (0.1,), "ef_signsgd": (0.1,), "kfac": ()},
+        real_config(transformer_text, transformer_text.text_transformer),
+        grid_note="Grid: one rate per method, the shipped config's (momentum SGD and PowerSGD, which the config "
+                  "does not ship: 0.1), because on these 2 shared cores a transformer compile takes 13-38 s and "
+                  "its steps 0.3-3.8 s (`benchmarks.real_models`), so a second rate for all eight methods would "
+                  "double the ~25-minute budget.",
+        loss_note="one_bit_gc / ef_signsgd (the config's sign1bit / ef args): their loss is the exact objective F on "
+                  "full partition gradients over the first 128 training windows (l2 = 0), not a minibatch loss."),
+}
 
 
 @dataclasses.dataclass
@@ -103,6 +205,8 @@ class Run:
   arrays: int
   peak_bytes: int
   payload_per_step: float
+  target: float = TARGET
+  branched: bool = False    # bytes measured per branch (a method with a refresh)
 
   def smoothed(self) -> np.ndarray:
     kernel = np.ones(SMOOTH) / SMOOTH
@@ -114,8 +218,16 @@ class Run:
     return steps * self.step_s + self.cum_wire * 8 / (gbit * 1e9)
 
   def first_at_target(self) -> int | None:
-    hits = np.nonzero(self.smoothed() <= TARGET)[0]
+    hits = np.nonzero(self.smoothed() <= self.target)[0]
     return int(hits[0]) if hits.size else None
+
+
+@dataclasses.dataclass
+class Refused:
+  """A method the workload's adapter refuses (``train.validate``'s ConfigError), with its reason."""
+  method: str
+  reason: str
+  kind: str = "refused"     # or "failed": an exception while running (the row says which)
 
 
 def peak_bytes(compiled) -> int:
@@ -124,12 +236,14 @@ def peak_bytes(compiled) -> int:
              - mem.alias_size_in_bytes)
 
 
-def run(name: str, lr: float, steps: int, widths=(64,)) -> Run:
-  exp = train.build(method_config(name, lr, steps, widths), mesh=mesh_lib.make_mesh(8))
+def run(config, name: str, target: float = TARGET) -> Run:
+  """``config``'s method for ``config.num_steps`` steps on 8 devices, blocking each step."""
+  exp = train.build(config, mesh=mesh_lib.make_mesh(8))
   compiled = exp.compile()
   report = comm.collective_bytes(compiled)
   sent = train.measure_branches(exp.method, compiled, report)
   wire_ratio = report.wire / report.payload if report.payload else 0.0
+  steps = config.num_steps
   params, state, losses, times = exp.params, exp.opt_state, [], []
   for step in range(1, steps + 1):
     start = time.perf_counter()
@@ -137,9 +251,19 @@ def run(name: str, lr: float, steps: int, widths=(64,)) -> Run:
     losses.append(float(mesh_lib.fetch(metrics["loss"])))      # blocks every step
     times.append(time.perf_counter() - start)
   payload = np.array([sent.of(t) for t in range(1, steps + 1)])
-  return Run(name, lr, np.array(losses), np.cumsum(payload), np.cumsum(payload * wire_ratio),
+  return Run(name, config.lr, np.array(losses), np.cumsum(payload), np.cumsum(payload * wire_ratio),
              float(np.median(times[1:] if steps > 1 else times)), report.count, report.arrays,
-             peak_bytes(compiled), float(payload.mean()))
+             peak_bytes(compiled), float(payload.mean()), target, bool(sent.by_branch))
+
+
+def run_method(workload: Workload, name: str, grid, steps: int, quick: bool) -> list:
+  """Every lr of ``grid`` (best first is not implied), or ``[Refused]`` when the adapter refuses
+  the workload's model (the reason is its ConfigError)."""
+  try:
+    train.validate(workload.make(name, METHODS[name][2][0], steps, quick))
+  except ConfigError as e:
+    return [Refused(name, str(e))]
+  return [run(workload.make(name, lr, steps, quick), name, workload.target) for lr in grid]
 
 
 def best(runs: list[Run]) -> Run:
@@ -151,31 +275,44 @@ def _fmt_s(seconds):
   return "-" if seconds is None else f"{seconds:.3g}"
 
 
-def table(best_runs: list[Run], grids: dict, command: str) -> str:
+COLUMNS = ("method", "lr grid", "best lr", "final loss", "step (ms)", "B/step", "collectives / arrays",
+           "peak mem (KiB)", "steps to target", "bytes to target", "modeled s @1 / 10 / 100 Gb/s to target")
+
+
+def _row(r, grid) -> str:
+  if isinstance(r, Refused):
+    return f"| {r.method} | {r.kind}: {r.reason.replace('|', '/')} |" + " - |" * (len(COLUMNS) - 2)
+  k = r.first_at_target()
+  to_bytes = "-" if k is None else f"{r.cum_bytes[k]:,.0f}"
+  modeled = " / ".join(_fmt_s(None if k is None else r.modeled_s(g)[k]) for g in BANDWIDTHS_GBIT)
+  return (f"| {r.method} | {', '.join(f'{x:g}' for x in grid)} | {r.lr:g} | "
+          f"{r.smoothed()[-1]:.4f} | {1e3 * r.step_s:.2f} | {r.payload_per_step:,.0f} | "
+          f"{r.collectives} / {r.arrays} | {r.peak_bytes / 1024:,.0f} | {'-' if k is None else k + 1} | "
+          f"{to_bytes} | {modeled} |")
+
+
+def table(best_runs: list, grids: dict, command: str, workload: Workload = None) -> str:
+  workload = workload or WORKLOADS["mlp"]
+  branched = [r.method for r in best_runs if isinstance(r, Run) and r.branched]
+  per_branch = f" (per branch for {'/'.join(branched)})" if branched else ""
   lines = [
-      "### Methods and peers on the digits MLP (64-64-10, global batch 128, P=8)",
+      f"### {workload.title}",
       "",
+      *([f"QUICK (CI-sized): {QUICK_STEPS} steps, one lr, a smaller model of the same kind, not the model named "
+         "above; for checking the pipeline, not for reading.", ""] if " --quick" in command else []),
       f"Command: `{command}` on {jax.default_backend()} ({os.cpu_count()} cores; the 8 devices are simulated and "
-      f"share them). Target: smoothed training loss <= {TARGET} (mean of the last {SMOOTH} step losses), fixed before "
-      "the runs. Best lr = lowest final smoothed loss over the grid. Bytes: collective payload per device from the "
-      "compiled step (per branch for fosi/dho2/kfac). Modeled time = steps x median measured step time on this machine + "
-      "cumulative ring-model wire bytes / bandwidth: a model, not a measurement. Peak memory: arguments + outputs + "
-      "temporaries - aliased of the compiled step, per device. sign1bit's loss is its exact objective F (full "
-      "partition gradients, l2 = 1e-3).",
+      f"share them). Target: {workload.target_rule}. Best lr = lowest final smoothed loss over the grid. "
+      + (f"{workload.grid_note} " if workload.grid_note else "") +
+      f"Bytes: collective payload per device from the compiled step{per_branch}. Modeled time = steps x median "
+      "measured step time on this machine + cumulative ring-model wire bytes / bandwidth: a model, not a "
+      "measurement. Peak memory: arguments + outputs + temporaries - aliased of the compiled step, per device. "
+      + workload.loss_note,
       "",
-      "| method | lr grid | best lr | final loss | step (ms) | B/step | collectives / arrays | peak mem (KiB) | "
-      "steps to target | bytes to target | modeled s @1 / 10 / 100 Gb/s to target |",
-      "|---|---|---|---|---|---|---|---|---|---|---|",
+      "| " + " | ".join(COLUMNS) + " |",
+      "|" + "---|" * len(COLUMNS),
   ]
-  for r in best_runs:
-    k = r.first_at_target()
-    to_bytes = "-" if k is None else f"{r.cum_bytes[k]:,.0f}"
-    modeled = " / ".join(_fmt_s(None if k is None else r.modeled_s(g)[k]) for g in BANDWIDTHS_GBIT)
-    lines.append(f"| {r.method} | {', '.join(f'{x:g}' for x in grids[r.method])} | {r.lr:g} | "
-                 f"{r.smoothed()[-1]:.4f} | {1e3 * r.step_s:.2f} | {r.payload_per_step:,.0f} | "
-                 f"{r.collectives} / {r.arrays} | {r.peak_bytes / 1024:,.0f} | {'-' if k is None else k + 1} | "
-                 f"{to_bytes} | {modeled} |")
-  return "\n".join(lines)
+  lines += [_row(r, grids[r.method]) for r in best_runs]
+  return "\n".join(lines).rstrip()
 
 
 def merge(old: str, new: str, command: str) -> str:
@@ -196,10 +333,12 @@ def merge(old: str, new: str, command: str) -> str:
   return "\n".join(lines)
 
 
-def plots(best_runs: list[Run], out_dir: str) -> list[str]:
+def plots(best_runs: list, out_dir: str, workload: Workload = None) -> list[str]:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  workload = workload or WORKLOADS["mlp"]
+  best_runs = [r for r in best_runs if isinstance(r, Run)]
   paths = []
   panels = [("steps", "step", lambda r: np.arange(1, len(r.losses) + 1), "linear"),
             ("bytes", "cumulative bytes sent per device", lambda r: r.cum_bytes, "log")]
@@ -209,57 +348,102 @@ def plots(best_runs: list[Run], out_dir: str) -> list[str]:
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in best_runs:
       ax.plot(np.maximum(xs(r), 1e-12), r.smoothed(), label=f"{r.method} (lr {r.lr:g})")
-    ax.axhline(TARGET, color="gray", ls=":", lw=1)
+    ax.axhline(workload.target, color="gray", ls=":", lw=1)
     ax.set_xscale(scale)
     ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"training loss (mean of last {SMOOTH} steps)")
+    ax.set_title(workload.title.split(" (")[0].replace("Methods and peers on the ", ""), fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path = os.path.join(out_dir, f"compare_{tag}.png")
+    path = os.path.join(out_dir, f"{workload.png_prefix}{tag}.png")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     paths.append(path)
   return paths
 
 
+def compare(workload: Workload, names: list[str], steps: int, quick: bool, done=lambda best_runs: None) -> list:
+  """The best run (or the refusal) of each method on ``workload``, printing every run and calling
+  ``done`` with the best runs so far after each method (so a stopped run leaves a partial table)."""
+  best_runs = []
+  for name in names:
+    grid = workload.grids[name][:1] if quick else workload.grids[name]
+    t0 = time.perf_counter()
+    try:
+      runs = run_method(workload, name, grid, steps, quick)
+    except Exception as e:  # noqa: BLE001 -- one method's crash is a row of the table, not a lost run
+      runs = [Refused(name, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", "failed")]
+    for r in runs:
+      print(f"{name} {r.kind}: {r.reason}" if isinstance(r, Refused) else
+            f"{name} lr={r.lr:g}: final loss {r.smoothed()[-1]:.4f}, {1e3 * r.step_s:.2f} ms/step, "
+            f"{r.payload_per_step:,.0f} B/step", flush=True)
+    print(f"{name}: {time.perf_counter() - t0:.1f} s", flush=True)
+    best_runs.append(best(runs) if isinstance(runs[0], Run) else runs[0])
+    done(best_runs)
+  return best_runs
+
+
+def _load_note(start: float) -> str:
+  load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+  return f"Wall time {time.time() - start:.0f} s, `uptime` load average {load} at the end (2 shared cores)."
+
+
+def write(workload: Workload, best_runs: list, grids: dict, command: str, out: str, merge_rows: bool,
+          start: float, pending=()) -> list[str]:
+  """Writes ``workload``'s table (merged into the existing one with ``merge_rows``) and, once no
+  method is ``pending``, its plots."""
+  md = os.path.join(out, workload.md)
+  text = table(best_runs, grids, command, workload) + "\n\n" + _load_note(start) + (
+      f" PARTIAL: not yet run: {', '.join(pending)}." if pending else "")
+  if merge_rows:
+    with open(md) as f:
+      text = merge(f.read(), table(best_runs, grids, command, workload),
+                   f"{command} --methods {','.join(r.method for r in best_runs)} --merge")
+  with open(md, "w") as f:
+    f.write(text + "\n")
+  return [md] + ([] if merge_rows or pending else plots(best_runs, out, workload))
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true", help="one lr per method, a few steps (CI)")
+  parser.add_argument("--quick", action="store_true", help="one lr per method, a few steps, small models (CI)")
+  parser.add_argument("--workload", default="mlp",
+                      help="comma-separated subset of " + ", ".join(WORKLOADS) + ", or all")
   parser.add_argument("--steps", type=int, default=None)
   parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ", ".join(METHODS))
-  parser.add_argument("--out", default=RESULTS, help="directory for compare.md and compare_*.png")
+  parser.add_argument("--out", default=RESULTS, help="directory for compare*.md and compare_*.png")
   parser.add_argument("--merge", action="store_true",
-                      help="replace only these methods' rows of the existing compare.md; plots untouched")
+                      help="replace only these methods' rows of the existing table; plots untouched")
   args = parser.parse_args(argv)
   names = [m.strip() for m in args.methods.split(",") if m.strip()]
   unknown = [m for m in names if m not in METHODS]
   if unknown:
     parser.error(f"--methods: unknown {', '.join(unknown)}; allowed: {', '.join(METHODS)}")
-  if args.merge and not os.path.exists(os.path.join(args.out, "compare.md")):
-    parser.error(f"--merge: no {os.path.join(args.out, 'compare.md')} to merge into; run without --merge first")
-  steps = args.steps or (QUICK_STEPS if args.quick else STEPS)
-  widths = (16,) if args.quick else (64,)
-  grids = {m: METHODS[m][2][:1] if args.quick else METHODS[m][2] for m in names}
-  best_runs = []
-  for name in names:
-    runs = [run(name, lr, steps, widths) for lr in grids[name]]
-    for r in runs:
-      print(f"{name} lr={r.lr:g}: final loss {r.smoothed()[-1]:.4f}, {1e3 * r.step_s:.2f} ms/step, "
-            f"{r.payload_per_step:,.0f} B/step", flush=True)
-    best_runs.append(best(runs))
+  workloads = list(WORKLOADS) if args.workload == "all" else [w.strip() for w in args.workload.split(",")]
+  unknown = [w for w in workloads if w not in WORKLOADS]
+  if unknown:
+    parser.error(f"--workload: unknown {', '.join(unknown)}; allowed: {', '.join(WORKLOADS)}, all")
+  for w in workloads:
+    if args.merge and not os.path.exists(os.path.join(args.out, WORKLOADS[w].md)):
+      parser.error(f"--merge: no {os.path.join(args.out, WORKLOADS[w].md)} to merge into; run without --merge first")
   os.makedirs(args.out, exist_ok=True)
-  command = "python -m benchmarks.compare" + (" --quick" if args.quick else "") + (
-      f" --steps {args.steps}" if args.steps else "")
-  md = os.path.join(args.out, "compare.md")
-  text = table(best_runs, grids, command)
-  if args.merge:
-    with open(md) as f:
-      text = merge(f.read(), text, f"{command} --methods {','.join(names)} --merge")
-  with open(md, "w") as f:
-    f.write(text + "\n")
-  print("wrote", md, *([] if args.merge else plots(best_runs, args.out)))
-  return best_runs
+  results = {}
+  for w in workloads:
+    workload, start = WORKLOADS[w], time.time()
+    steps = args.steps or (QUICK_STEPS if args.quick else workload.steps)
+    grids = {m: workload.grids[m][:1] if args.quick else workload.grids[m] for m in names}
+    command = "python -m benchmarks.compare" + (f" --workload {w}" if w != "mlp" else "") + (
+        " --quick" if args.quick else "") + (f" --steps {args.steps}" if args.steps else "")
+    def written(runs, workload=workload, grids=grids, command=command, start=start, merge_rows=False):
+      subset = "" if merge_rows or names == list(METHODS) else f" --methods {','.join(names)}"
+      paths = write(workload, runs, grids, command + subset, args.out, merge_rows, start, names[len(runs):])
+      if len(runs) == len(names):
+        print("wrote", *paths, flush=True)
+    results[w] = compare(workload, names, steps, args.quick, (lambda runs: None) if args.merge else written)
+    if args.merge:
+      written(results[w], merge_rows=True)
+  return results
 
 
 if __name__ == "__main__":

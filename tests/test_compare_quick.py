@@ -1,38 +1,58 @@
-"""``python -m benchmarks.compare --quick`` end to end on a subset of methods (CI-sized).
+"""``python -m benchmarks.compare --quick`` end to end on a subset of methods (CI-sized, default tier).
 
 Checks what the comparison computes against independent arithmetic: cumulative bytes are the
 compiled step's payload times the step (no refresh branches in these methods), the modeled time
 is steps x step time + wire / bandwidth, the dense baseline's payload is 4 B per parameter + the
-loss scalar, PowerSGD sends less than dense, and the table and plots are written.
+loss scalar (the parameters counted from the built model; the MLP's also in closed form),
+PowerSGD sends less than dense, a method the workload's adapter refuses (kfac on the cnn) is a
+"refused: <reason>" row, and the tables and plots are written under their workload's names
+(the MLP's keep their names ``compare.md`` / ``compare_*.png``).
 """
 import os
 
+import jax
 import numpy as np
-import pytest
 
 from benchmarks import compare
+from common import train
 
 METHODS = "dense_adam,powersgd"
+PANELS = ("steps", "bytes", "time_1gbit", "time_10gbit", "time_100gbit")
 
 
-@pytest.mark.slow  # ~3 min on 2 cores: every method compiles its own program
-def test_quick_comparison_writes_table_and_plots(tmp_path):
-  runs = {r.method: r for r in compare.main(["--quick", "--methods", METHODS, "--out", str(tmp_path)])}
-  assert set(runs) == set(METHODS.split(","))
-  n_params = (64 + 1) * 16 + (16 + 1) * 10                          # quick MLP 64-16-10
-  dense, low_rank = runs["dense_adam"], runs["powersgd"]
-  assert dense.payload_per_step == 4 * n_params + 4
-  assert low_rank.payload_per_step < dense.payload_per_step
+def _check_runs(runs, n_params):
+  assert runs["dense_adam"].payload_per_step == 4 * n_params + 4
   steps = np.arange(1, compare.QUICK_STEPS + 1)
   for r in runs.values():
     assert len(r.losses) == compare.QUICK_STEPS and np.all(np.isfinite(r.losses))
     np.testing.assert_allclose(r.cum_bytes, steps * r.payload_per_step)
     np.testing.assert_allclose(r.modeled_s(10), steps * r.step_s + r.cum_wire * 8 / 10e9)
     assert r.peak_bytes > 4 * n_params                               # at least the params are resident
-  text = open(tmp_path / "compare.md").read()
-  assert all(f"| {m} |" in text for m in runs)
-  for tag in ("steps", "bytes", "time_1gbit", "time_10gbit", "time_100gbit"):
-    assert os.path.getsize(tmp_path / f"compare_{tag}.png") > 1000
+
+
+def _n_params(workload):
+  exp = train.build(compare.WORKLOADS[workload].make("dense_adam", 1e-3, 1, True))
+  return sum(int(np.size(x)) for x in jax.tree.leaves(exp.params))
+
+
+def test_quick_comparison_writes_tables_and_plots(tmp_path):
+  out = ["--quick", "--out", str(tmp_path)]
+  mlp = {r.method: r for r in compare.main(out + ["--methods", METHODS])["mlp"]}
+  assert set(mlp) == set(METHODS.split(","))
+  assert _n_params("mlp") == (64 + 1) * 16 + (16 + 1) * 10          # quick MLP 64-16-10
+  _check_runs(mlp, _n_params("mlp"))
+  assert mlp["powersgd"].payload_per_step < mlp["dense_adam"].payload_per_step
+  # one real model (the cheapest of the two to compile), one method, and the adapter's refusal
+  cnn = {r.method: r for r in compare.main(out + ["--workload", "cnn", "--methods", "dense_adam,kfac"])["cnn"]}
+  assert isinstance(cnn["kfac"], compare.Refused) and "config.model" in cnn["kfac"].reason
+  _check_runs({"dense_adam": cnn["dense_adam"]}, _n_params("cnn"))
+  assert cnn["dense_adam"].target == compare.WORKLOADS["cnn"].target
+  for md, prefix, runs in (("compare.md", "compare_", mlp), ("compare_cnn.md", "compare_cnn_", cnn)):
+    text = open(tmp_path / md).read()
+    assert all(f"| {m} |" in text for m in runs)
+    for tag in PANELS:
+      assert os.path.getsize(tmp_path / f"{prefix}{tag}.png") > 1000
+  assert "| kfac | refused: config.model: kfac runs" in open(tmp_path / "compare_cnn.md").read()
 
 
 def test_smoothed_loss_and_target_step():
@@ -43,6 +63,20 @@ def test_smoothed_loss_and_target_step():
   np.testing.assert_allclose(smoothed[12], (7 * 3.0 + 3 * 0.1) / 10)
   first = run.first_at_target()
   assert smoothed[first] <= compare.TARGET < smoothed[first - 1]
+
+
+def test_table_names_the_branched_methods_and_the_refused_ones():
+  def fake(method, branched):
+    return compare.Run(method, 0.1, np.ones(3), np.arange(1, 4.0), np.arange(1, 4.0), 0.01, 1, 1, 0, 1.0,
+                       branched=branched)
+  runs = [fake("dense_adam", False), fake("fosi", True), compare.Refused("kfac", "config.model: no"),
+          fake("kfac_mlp", True)]
+  text = compare.table(runs, {r.method: (0.1,) for r in runs}, "cmd", compare.WORKLOADS["cnn"])
+  assert "from the compiled step (per branch for fosi/kfac_mlp)." in text
+  rows = [line for line in text.splitlines() if line.startswith("| ")]
+  assert rows[3] == "| kfac | refused: config.model: no |" + " - |" * (len(compare.COLUMNS) - 2)
+  assert {line.count("|") for line in rows} == {len(compare.COLUMNS) + 1}
+  assert "Target: smoothed training loss <= 0.5" in text
 
 
 def _row(method, loss):
