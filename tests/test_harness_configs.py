@@ -20,7 +20,8 @@ ARGS = [("baseline_digits", "mlp"), ("dho_mlp_digits", "adam"), ("dho_mlp_digits
         ("sign1bit_digits", "const"), ("sign1bit_digits", "sgc"), ("sign1bit_digits", "ef"),
         ("sign1bit_digits", "mv,shuffled"), ("sign1bit_digits", "is_1bit"), ("vr_prox_breast_cancer", "tap"),
         ("vr_prox_breast_cancer", "prox_svrg"), ("vr_prox_breast_cancer", "dap_sgd"), ("vr_prox_digits", "tap"),
-        ("vr_prox_digits", "faithful")]
+        ("vr_prox_digits", "faithful"),
+        ("vr_prox_sparse", "tap"), ("vr_prox_sparse", "prox_svrg")]
 STEPS = 3
 
 
