@@ -10,6 +10,8 @@ f_t = 1/2 sum_{i > k} lambda_i a_i^2 (1 - c eta lambda_i)^(2t) for t >= 1.
 import json
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -101,3 +103,84 @@ def test_fosi_gd_curve_matches_the_closed_form(quick_run):
     got = np.asarray(js["curves"][f"quadratic/gd/{method}/{row[method + '_lr']!r}"])
     want = _closed_form_curve(vals, a, row[method + "_lr"], STEPS, k)
     np.testing.assert_allclose(got, want, rtol=1e-4, err_msg=method)
+
+
+def test_kfac_merge_keeps_the_fosi_table(quick_run, tmp_path):
+  """``--methods kfac`` takes the targets from the JSON and replaces only the K-FAC section (twice = once);
+  the quadratic is refused with its reason (no kfac-jax program is built)."""
+  import shutil
+  md, js, out = quick_run
+  shutil.copytree(out, tmp_path, dirs_exist_ok=True)
+  argv = ["--quick", "--tasks", "quadratic", "--bases", "gd", "--steps", str(STEPS), "--methods", "kfac",
+          "--out", str(tmp_path)]
+  fp.main(argv)
+  fp.main(argv)
+  merged = (tmp_path / "fosi_protocol.md").read_text()
+  assert merged.split(fp.KFAC_HEADING)[0] == md.split(fp.KFAC_HEADING)[0]
+  assert merged.count(fp.KFAC_HEADING) == 1 and "--methods kfac" in merged.split(fp.KFAC_HEADING)[1]
+  assert "| quadratic | - |" in merged and "No registered losses" in merged
+  merged_js = json.loads((tmp_path / "fosi_protocol.json").read_text())
+  assert merged_js["rows"] == js["rows"] and "quadratic" in merged_js["kfac"]["refused"]
+
+
+def test_methods_flag_refusals(tmp_path):
+  with pytest.raises(SystemExit):
+    fp.main(["--methods", "base", "--out", str(tmp_path)])             # base without fosi
+  with pytest.raises(SystemExit):
+    fp.main(["--methods", "kfac", "--tasks", "lr", "--out", str(tmp_path)])   # no JSON to take targets from
+
+
+def test_kfac_rows_pick_fewest_steps_then_wall():
+  task = fp.Task("lr", "", None, None, None, 4, {"hb": (1.0,)}, {})
+  runs = {(0.1, 1e-3): fp.Run([3.0, 2.0, 1.0, 0.5], [1.0, 1.0, 1.0]),     # reaches 1.0 at step 2 in 2 s
+          (0.3, 1e-3): fp.Run([3.0, 0.9, 0.8], [5.0, 1.0]),              # at step 1 but slower (5 s)
+          (1.0, 1e-3): fp.Run([3.0, 0.95, 0.1], [0.5, 1.0]),             # at step 1 in 0.5 s: chosen
+          (1.0, 1e-1): fp.Run(None, [0.1])}                              # diverged
+  rows = [dict(task="lr", base="hb", protocol="(b) each tuned", target=1.0, base_lr=1.0, base_steps=10,
+               base_wall=2.0, fosi_lr=1.0, fosi_steps=5, fosi_wall=1.0),
+          dict(task="lr", base="hb", protocol="(a) same lr", target=1.0, base_lr=1.0, base_steps=10,
+               base_wall=2.0, fosi_lr=1.0, fosi_steps=6, fosi_wall=1.0)]
+  (row,) = fp.kfac_rows(task, runs, rows)
+  assert (row["kfac_lr"], row["kfac_damping"], row["kfac_steps"], row["kfac_wall"]) == (1.0, 1e-3, 1, 0.5)
+  assert row["fosi_steps"] == 5                                          # protocol (b)'s FOSI
+  (none,) = fp.kfac_rows(task, runs, [dict(rows[0], target=0.01)])
+  assert none["kfac_steps"] is None and none["kfac_lr"] is None
+
+
+@pytest.mark.slow   # ~15 CPU-s (kfac-jax's ggn_exact program), over the default tier's 10 s per test
+def test_kfac_curvature_of_the_ae_loss_is_its_gauss_newton_matrix():
+  """The squared-error registration (weight 1/d) gives K-FAC the curvature of the loss the table minimises: for
+  a one-layer linear autoencoder (widths 64-64, no tanh) the GGN of mean((x W + b - x)^2) is exactly
+  2/(N d) X1^T X1 (x) I_d with X1 = [x, 1] (a Kronecker product, so K-FAC's block is exact); kfac-jax's
+  ``ggn_exact`` block times a random V must equal that closed form (numpy, float64). Weight 2/d would be 2x."""
+  from common.algos import kfac as kfac_lib
+  task = fp.ae_task(1, widths=(64, 64))
+  batch = jax.tree.map(lambda a: a[:32], task.kfac_batch)     # 32 rows keep ggn_exact's 64 output directions cheap
+  x = np.asarray(batch.x, np.float64)
+  n, d = x.shape
+  estimator = kfac_lib.make_estimator(task.kfac_loss, "ggn_exact")
+  kfac_lib.finalize(estimator, task.params, batch)
+  state = kfac_lib.init(estimator, task.params, batch, jax.random.key(0)).curvature
+  v = jax.tree.map(lambda p: jax.random.normal(jax.random.key(1), p.shape, p.dtype), task.params)
+
+  @jax.jit
+  def curvature_times(state, v):
+    state = estimator.update_curvature_matrix_estimate(state, ema_old=0.0, ema_new=1.0, identity_weight=0.0,
+                                                       batch_size=n, rng=jax.random.key(2),
+                                                       func_args=(task.params, batch))
+    return estimator.multiply(state, v, identity_weight=0.0, exact_power=True, use_cached=False, pmap_axis_name=None)
+  got = curvature_times(state, v)
+  x1 = np.concatenate([x, np.ones((n, 1))], axis=1)
+  stacked = np.concatenate([np.asarray(v[0]["w"], np.float64), np.asarray(v[0]["b"], np.float64)[None]], axis=0)
+  want = 2.0 / (n * d) * x1.T @ (x1 @ stacked)
+  np.testing.assert_allclose(np.asarray(got[0]["w"]), want[:d], rtol=1e-4, atol=1e-6 * np.abs(want).max())
+  np.testing.assert_allclose(np.asarray(got[0]["b"]), want[d], rtol=1e-4, atol=1e-6 * np.abs(want).max())
+
+
+def test_kfac_loss_is_the_task_loss():
+  """The loss K-FAC differentiates (softmax cross-entropy registered for kfac-jax) is the lr task's loss,
+  weight decay included, at a point away from the initial one."""
+  task = fp.lr_task(1)
+  params = jax.tree.map(lambda p: p + 0.01 * jnp.arange(p.size, dtype=p.dtype).reshape(p.shape) / p.size, task.params)
+  both = jax.jit(lambda p: (task.loss_fn(p, task.batch), task.kfac_loss(p, task.kfac_batch)))(params)
+  np.testing.assert_allclose(both[1], both[0], rtol=1e-6)
