@@ -3,6 +3,7 @@
     python -m benchmarks.compile_time transformer_text:dense
     python -m benchmarks.compile_time transformer_text:dense --xla_flags=--xla_backend_optimization_level=0
     python -m benchmarks.compile_time transformer_text:dense --set num_layers=2 --set d_model=224
+    python -m benchmarks.compile_time transformer_text:dho2 --set algo.k=0   # no refresh branch
 
 Prints process CPU seconds (less sensitive to other jobs on the host than wall seconds) and wall
 seconds for ``lower`` and ``compile``, then the median of ``--timed`` blocking steps, on 8
@@ -21,7 +22,8 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("config", help="configs/<name>.py[:arg] as <name>[:arg]")
   parser.add_argument("--xla_flags", default="", help="extra XLA_FLAGS")
-  parser.add_argument("--set", action="append", default=[], help="field=JSON value, e.g. num_layers=2")
+  parser.add_argument("--set", action="append", default=[],
+                      help="field=JSON value, e.g. num_layers=2 or algo.k=0")
   parser.add_argument("--timed", type=int, default=6)
   flags = parser.parse_args(argv)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -32,9 +34,13 @@ def main(argv=None):
 
   name, _, arg = flags.config.partition(":")
   config = cli.load_config(os.path.join("configs", f"{name}.py") + (f":{arg}" if arg else ""))
-  for item in flags.set:
+  for item in flags.set:   # a dotted field (algo.k=0) sets it in the sub-config
     field, _, value = item.partition("=")
-    config[field] = json.loads(value)
+    *path, leaf = field.split(".")
+    target = config
+    for part in path:
+      target = target[part]
+    target[leaf] = json.loads(value)
   exp = train.build(config)
   params = sum(x.size for x in jax.tree.leaves(exp.params))
   c0, w0 = time.process_time(), time.perf_counter()

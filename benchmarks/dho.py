@@ -95,7 +95,7 @@ def memory_rows(widths=(256, 256), k=10, m=40):
       rows.append(dict(variant=variant, P=p, n=n, eigvec=_per_device_bytes(fs.eigvecs),
                        velocity=_per_device_bytes(fs.velocity), base=_per_device_bytes(fs.base_state),
                        state=_per_device_bytes(exp.opt_state), basis=_measured_basis_bytes(exp, variant, m),
-                       basis_analytic=dho.basis_bytes(n, m, p if variant == "dho2" else 1),
+                       basis_analytic=dho.basis_bytes(exp.params, m, p if variant == "dho2" else 1),
                        temp=mem.temp_size_in_bytes, args=mem.argument_size_in_bytes, hvp=_hvp_bytes(exp),
                        payload=comm.collective_bytes(compiled).payload,
                        plain=comm.collective_bytes(compiled, taken={"refresh": False, "hybrid": True}).payload))

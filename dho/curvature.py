@@ -71,22 +71,24 @@ def curvature_basis(loss_fn: Callable, params, batch, *, m: int, seed: int = 0, 
   ``params`` on ``batch`` (mean over ``axis_name`` when set), from the start vector ``PRNGKey(seed)``.
 
   ``partitioned`` (``dho2``, [P1]): the HVP's input is all-gathered from slices and its output
-  reduce-scattered, so the basis is this device's (m, ceil(n/P)) slice; otherwise (``fosi``, the
+  reduce-scattered leaf bucket by leaf bucket (``Layout.of_params``), so the basis is this device's
+  (m, s) slice, s = ``Layout.of_params(params, P).shard_size`` (ceil(n/P) up to per-bucket padding); otherwise (``fosi``, the
   reference ``b_parallel``) the HVP is ``pmean``-ed and the basis is the full (m, n) on every device.
   Public so the basis a refresh builds can be measured on a given model.
   """
   flat, unravel = ravel_pytree(params)
   n, dt = flat.shape[0], flat.dtype
-  layout = Layout(n, num_shards, axis_name, partitioned=partitioned)
+  layout = Layout.of_params(params, num_shards, axis_name, partitioned=partitioned)
   p_var = axis.to_varying(params, axis_name)
-  grad_flat = lambda q: ravel_pytree(jax.grad(loss_fn)(q, batch))[0]
+  grad = lambda q: jax.grad(loss_fn)(q, batch)
 
   def hvp_loc(v_loc):
     tangent = axis.to_varying(unravel(layout.gather(v_loc.astype(dt))), axis_name)
-    return layout.reduce(jax.jvp(grad_flat, (p_var,), (tangent,))[1])
+    leaves = jax.tree.leaves(jax.jvp(grad, (p_var,), (tangent,))[1])
+    return layout.reduce_leaves([x.astype(dt) for x in leaves])
 
   return lanczos(hvp_loc, n, m, jax.random.PRNGKey(seed), axis_name=axis_name if layout.sharded else None,
-                 num_shards=num_shards, dtype=dtype)
+                 num_shards=num_shards, dtype=dtype, layout=layout)
 
 
 @dataclasses.dataclass(frozen=True)

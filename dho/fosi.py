@@ -230,8 +230,8 @@ class _Setup:
   def sliced_base(self) -> bool:
     return self.sharded and not self.replicated_base
 
-  def layout(self, n: int) -> Layout:
-    return Layout(n, self.num_shards, self.axis_name, partitioned=self.dho2)
+  def layout(self, params) -> Layout:
+    return Layout.of_params(params, self.num_shards, self.axis_name, partitioned=self.dho2)
 
   def velocity_rule(self):
     beta = self.decay
@@ -281,7 +281,7 @@ def _init(setup: _Setup, params):
   n, dt = flat.shape[0], flat.dtype
   if setup.r > n:
     raise ValueError(f"k + l = {setup.r} exceeds the number of parameters n = {n}")
-  layout = setup.layout(n)
+  layout = setup.layout(params)
   s = layout.shard_size if setup.sharded else n
   if setup.sliced_base and setup.num_shards > 1:
     _check_coordinatewise(setup.base, dt)
@@ -344,7 +344,7 @@ def _update(setup: _Setup, updates, state, params, batch):
   count = state.count
   flat_p, unravel = ravel_pytree(params)
   dt = flat_p.dtype
-  layout = setup.layout(flat_p.shape[0])
+  layout = setup.layout(params)
   pairs, pending, pending_at = _active_pairs(setup, state, params, batch, dt)
   g = layout.reduce(ravel_pytree(updates)[0].astype(dt))
   theta = layout.own(flat_p)
@@ -417,13 +417,13 @@ def _consensus_update(setup: _Setup, rho: float, state: ConsensusState, params, 
   fs, count = state.fosi, state.count
   z, unravel = ravel_pytree(params)
   n, dt = z.shape[0], z.dtype
-  layout = setup.layout(n)
+  layout = setup.layout(params)
 
   def full_rows():   # curvature of the mean loss at z, sharded Lanczos, shifted by rho; slices -> (r, n) rows
     new = setup.curvature.estimate(params, batch, dt, extra_shift=rho)
     vecs = new.eigvecs
     if layout.sharded:   # r*n floats all-gathered once per refresh
-      vecs = lax.all_gather(vecs, setup.axis_name, axis=1, tiled=True, to="invarying")[:, :n]
+      vecs = layout.gather(vecs)
     return new._replace(eigvecs=vecs)
   pairs = fs.pairs
   if setup.r > 0:
@@ -635,13 +635,23 @@ def state_specs(state, axis_name: str = axis.AXIS) -> Any:
   return axis.state_specs(state, axis_name)
 
 
-def payload_bytes(n: int, *, k: int, l: int = 0, m: int | None = None, num_shards: int = 1,
+def _n_and_shard(n_or_params, num_shards: int):
+  """(n, s): an int n is one contiguous vector (s = ceil(n/P)); params give their bucketed layout's
+  s (``Layout.of_params``: ceil(n/P) plus at most one padding entry per bucket)."""
+  if isinstance(n_or_params, (int, np.integer)):
+    return int(n_or_params), -(-int(n_or_params) // num_shards)
+  layout = Layout.of_params(n_or_params, num_shards)
+  return layout.n, layout.shard_size
+
+
+def payload_bytes(n, *, k: int, l: int = 0, m: int | None = None, num_shards: int = 1,
                   sharded: bool = True, refresh: bool = True, param_bytes: int = 4,
                   lanczos_bytes: int = 4, admm: str | None = None, consensus_step: bool = True,
                   replicated_base: bool = False) -> int:
   """Analytic bytes each device sends per step (``collective_bytes`` payload convention).
 
-  Sharded (``dho2``, P > 1): reduce-scatter of the gradient (P*s*pb), all-gather of the update
+  ``n``: the parameter count (one contiguous vector, s = ceil(n/P)) or the params pytree (s of
+  its bucketed layout, ``Layout.of_params``: what ``dho2`` uses). Sharded (``dho2``, P > 1): reduce-scatter of the gradient (P*s*pb), all-gather of the update
   slice (s*pb), 3 psums of r numbers (pb), with ``replicated_base`` the all-gather of the base's
   input slice (s*pb); a refresh adds, per Lanczos iteration, the all-gather of
   v (s*pb), the reduce-scatter of Hv (P*s*pb), and psums of 1 + 2m + 1 numbers (lb).
@@ -651,10 +661,10 @@ def payload_bytes(n: int, *, k: int, l: int = 0, m: int | None = None, num_shard
   eigenvector slices (r*s*pb).
   """
   r = k + l
+  n, s = _n_and_shard(n, num_shards)
   m = min(4 * r if m is None else m, n)
   if num_shards == 1:
     return 0
-  s = -(-n // num_shards)
   if admm == "consensus":
     step = n * param_bytes if consensus_step else 0
     if refresh and r:
@@ -671,6 +681,7 @@ def payload_bytes(n: int, *, k: int, l: int = 0, m: int | None = None, num_shard
   return step
 
 
-def basis_bytes(n: int, m: int, num_shards: int = 1, dtype=None) -> int:
-  """Lanczos basis bytes per device: ``m * ceil(n/P) * itemsize``."""
-  return int(m * (-(-n // num_shards)) * jnp.dtype(lanczos_dtype(dtype)).itemsize)
+def basis_bytes(n, m: int, num_shards: int = 1, dtype=None) -> int:
+  """Lanczos basis bytes per device: ``m * s * itemsize``, ``s = ceil(n/P)`` for an int ``n``,
+  the bucketed layout's shard size for a params pytree."""
+  return int(m * _n_and_shard(n, num_shards)[1] * jnp.dtype(lanczos_dtype(dtype)).itemsize)

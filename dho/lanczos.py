@@ -23,16 +23,78 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 
+BUCKETS = 8          # reduce-scatter buckets per flattened pytree (``leaf_buckets``) ...
+MIN_BUCKET = 4096    # ... of at least this many entries (a smaller vector is one bucket)
+
+
+def leaf_buckets(leaf_sizes, num_shards: int = 1, buckets: int = BUCKETS) -> tuple:
+  """Sizes of the consecutive pieces a flattened pytree is reduce-scattered in: at most about
+  ``max(ceil(n / buckets), MIN_BUCKET)`` entries each; small neighbouring leaves share a bucket, a larger leaf is
+  cut into near-equal chunks (multiples of ``num_shards``, so they need no padding). A
+  Hessian-vector product is then scattered chunk by chunk as the model's jvp produces its leaves
+  and never assembled into one n-vector (issue 14: the padded n-float HVP output, and then the
+  transposed W-sized sum of a layer's two jvp products, were live next to those products at the
+  compiled peak)."""
+  sizes = [int(x) for x in leaf_sizes]
+  target = max(MIN_BUCKET, -(-sum(sizes) // buckets))
+  out, cur = [], 0
+  for size in sizes:
+    if size < target:
+      cur += size
+      if cur >= target:
+        out.append(cur)
+        cur = 0
+      continue
+    if cur:
+      out.append(cur)
+      cur = 0
+    chunk = -(-size // -(-size // target))
+    chunk = -(-chunk // num_shards) * num_shards
+    out += [chunk] * (size // chunk) + ([size % chunk] if size % chunk else [])
+  return tuple(out + ([cur] if cur else []))
+
+
+def _after(pieces, offset: int):
+  """``offset``, as a value XLA can only compute once ``pieces[-1]`` exists (``min(o, o + isnan)``
+  is always ``o``; XLA cannot fold it): a leaf's chunks are then built and reduce-scattered one at
+  a time instead of all built first (the scheduler otherwise keeps every chunk of a leaf live)."""
+  if not pieces:
+    return offset
+  return jnp.minimum(offset, offset + jnp.isnan(pieces[-1][0]).astype(jnp.int32))
+
+
 class Layout(NamedTuple):
-  """Coordinate partition of an ``n``-vector over ``num_shards`` devices of ``axis_name``."""
+  """Coordinate partition of an ``n``-vector over ``num_shards`` devices of ``axis_name``.
+
+  The vector is cut into consecutive ``buckets`` (sizes summing to n; ``()``: one bucket of n);
+  bucket j is zero-padded to ``P * c_j`` (``c_j = ceil(size_j / P)``) and device p owns its p-th
+  piece of every bucket, side by side: ``s = sum_j c_j`` entries. With one bucket that is the
+  contiguous ``[p*s, (p+1)*s)``. Every FOSI operation is coordinate-wise or a dot product, so the
+  permutation changes nothing but which device holds which coordinate ([P1]'s partition by
+  coordinate)."""
   n: int
   num_shards: int = 1
   axis_name: str | tuple | None = None
   partitioned: bool = True     # False: replicated vectors, only ``reduce`` communicates (pmean)
+  buckets: tuple = ()
+
+  @classmethod
+  def of_params(cls, params, num_shards: int = 1, axis_name=None, partitioned: bool = True) -> "Layout":
+    """The layout of ``ravel_pytree(params)``: its leaves grouped by ``leaf_buckets``."""
+    sizes = [int(x.size) for x in jax.tree.leaves(params)]
+    return cls(sum(sizes), num_shards, axis_name, partitioned, leaf_buckets(sizes, num_shards))
+
+  @property
+  def sizes(self) -> tuple:
+    return tuple(self.buckets) or (self.n,)
+
+  @property
+  def pieces(self) -> tuple:
+    return tuple(-(-b // self.num_shards) for b in self.sizes)
 
   @property
   def shard_size(self) -> int:
-    return -(-self.n // self.num_shards)
+    return sum(self.pieces)
 
   @property
   def padded(self) -> int:
@@ -42,20 +104,35 @@ class Layout(NamedTuple):
   def sharded(self) -> bool:
     return self.axis_name is not None and self.partitioned
 
+  def _blocks(self, full):
+    """(..., n) -> (..., P, s): row p holds device p's pieces of every bucket."""
+    lead, out, start = full.shape[:-1], [], 0
+    for size, piece in zip(self.sizes, self.pieces):
+      seg = jnp.pad(full[..., start:start + size], [(0, 0)] * len(lead) + [(0, piece * self.num_shards - size)])
+      out.append(seg.reshape(lead + (self.num_shards, piece)))
+      start += size
+    return out[0] if len(out) == 1 else jnp.concatenate(out, axis=-1)
+
+  def _unblock(self, blocks):
+    """(..., P, s) -> (..., n), the inverse of ``_blocks``."""
+    lead, out, start = blocks.shape[:-2], [], 0
+    for size, piece in zip(self.sizes, self.pieces):
+      out.append(blocks[..., start:start + piece].reshape(lead + (self.num_shards * piece,))[..., :size])
+      start += piece
+    return out[0] if len(out) == 1 else jnp.concatenate(out, axis=-1)
+
   def own(self, full):
     """Full (replicated) vector(s) along the last axis -> this device's slice."""
     if not self.sharded:
       return full
-    pad = [(0, 0)] * (full.ndim - 1) + [(0, self.padded - self.n)]
-    full = jnp.pad(full, pad)
-    start = lax.axis_index(self.axis_name) * self.shard_size
-    return lax.dynamic_slice_in_dim(full, start, self.shard_size, axis=full.ndim - 1)
+    blocks = self._blocks(full)
+    return lax.dynamic_index_in_dim(blocks, lax.axis_index(self.axis_name), blocks.ndim - 2, keepdims=False)
 
   def gather(self, loc):
-    """This device's slice -> full replicated vector (all-gather of ``s`` entries)."""
+    """This device's slice(s) (last axis) -> full replicated vector(s) (one all-gather of ``s`` entries)."""
     if not self.sharded:
       return loc
-    return lax.all_gather(loc, self.axis_name, tiled=True, to="invarying")[: self.n]
+    return self._unblock(lax.all_gather(loc, self.axis_name, axis=loc.ndim - 1, to="invarying"))
 
   def rsum(self, x):
     """Completes a dot product of slices: ``psum`` of the partials (identity unsharded)."""
@@ -71,8 +148,32 @@ class Layout(NamedTuple):
       return full_local
     if not self.sharded:
       return lax.pmean(full_local, self.axis_name)
-    full = jnp.pad(full_local, (0, self.padded - self.n))
-    return lax.psum_scatter(full, self.axis_name, scatter_dimension=0, tiled=True) / self.num_shards
+    return self._scatter(self._blocks(full_local).reshape(-1))
+
+  def reduce_leaves(self, leaves):
+    """``reduce`` of the flattened pytree whose leaves are ``leaves``, one reduce-scatter per bucket,
+    each built from the leaf entries it covers (slices of the leaves), so no n-vector is built."""
+    flat = [x.reshape(-1) for x in leaves]
+    if not self.sharded:
+      return self.reduce(jnp.concatenate(flat))
+    pieces, leaf, offset = [], 0, 0
+    for size, piece in zip(self.sizes, self.pieces):
+      parts, need = [], size
+      while need:
+        take = min(need, flat[leaf].shape[0] - offset)
+        if take == flat[leaf].shape[0]:
+          parts.append(flat[leaf])
+        else:
+          parts.append(lax.dynamic_slice_in_dim(flat[leaf], _after(pieces, offset), take))
+        need, offset = need - take, offset + take
+        if offset == flat[leaf].shape[0]:
+          leaf, offset = leaf + 1, 0
+      bucket = parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+      pieces.append(self._scatter(jnp.pad(bucket, (0, piece * self.num_shards - size))))
+    return pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces)
+
+  def _scatter(self, padded):
+    return lax.psum_scatter(padded, self.axis_name, scatter_dimension=0, tiled=True) / self.num_shards
 
 
 def lanczos_dtype(dtype=None):
@@ -114,7 +215,7 @@ class LanczosResult(NamedTuple):
 
 
 def lanczos(hvp_fn: Callable, n: int, m: int, key, *, axis_name=None, num_shards: int = 1,
-            dtype=None) -> LanczosResult:
+            dtype=None, layout: Layout | None = None) -> LanczosResult:
   """``m`` Lanczos iterations with full double re-orthogonalisation ([F] Alg. 1; [L]).
 
   Builds the tridiagonal ``T = V H V^T`` with ``V`` (m x n) orthonormal rows:
@@ -127,13 +228,16 @@ def lanczos(hvp_fn: Callable, n: int, m: int, key, *, axis_name=None, num_shards
   (then sliced), so the result does not depend on P. ``m`` is capped at ``n``; on breakdown
   (``b_i <= tol * max(|a|, b)``) the iteration stops extending the basis (remaining rows zero) and
   ``valid_len`` records the size of the invariant Krylov space (the reference has no such guard).
+  ``layout`` (sharded only): the partition ``hvp_fn`` works in (default: contiguous slices of
+  ``ceil(n/P)``; ``curvature_basis`` passes the parameters' leaf buckets).
 
   Returns:
     ``LanczosResult(tridiag, basis, valid_len)``.
   """
   if m < 1:
     raise ValueError(f"m must be >= 1, got {m}")
-  layout = Layout(n, num_shards if axis_name is not None else 1, axis_name)
+  if layout is None or axis_name is None:
+    layout = Layout(n, num_shards if axis_name is not None else 1, axis_name)
   if axis_name is not None and num_shards < 1:
     raise ValueError(f"num_shards must be >= 1, got {num_shards}")
   dt = lanczos_dtype(dtype)

@@ -82,9 +82,11 @@ def run_single(tx, params, loss, batch, steps):
   return ps, ss, us
 
 
-def sharded_step(tx, state, loss, p):
+def sharded_step(tx, state, loss, p, donate=False):
   """``jit(shard_map(step))`` over p devices: local gradient at ``pcast`` params, ``tx.update`` with
-  the local batch; state placed by ``state_specs``. Returns ``step(params, state, x, y)``."""
+  the local batch; state placed by ``state_specs``. Returns ``step(params, state, x, y)``.
+  ``donate``: params and state are donated (as the harness's step does) and only they come back,
+  so XLA cannot keep temporaries in spare output buffers."""
   specs = dho.state_specs(state, AXIS)
 
   def body(params, state, bx, by):
@@ -92,6 +94,10 @@ def sharded_step(tx, state, loss, p):
     u, state = tx.update(g, state, params, batch=(bx, by))
     return optax.apply_updates(params, u), state, u
 
+  if donate:
+    return jax.jit(jax.shard_map(lambda *a: body(*a)[:2], mesh=mesh(p),
+                                 in_specs=(jax.P(), specs, jax.P(AXIS), jax.P(AXIS)), out_specs=(jax.P(), specs)),
+                   donate_argnums=(0, 1))
   return jax.jit(jax.shard_map(body, mesh=mesh(p), in_specs=(jax.P(), specs, jax.P(AXIS), jax.P(AXIS)),
                                out_specs=(jax.P(), specs, jax.P())))
 

@@ -128,7 +128,6 @@ def branch_label(flags: dict[str, bool]) -> str:
 def build(config, ctx: BuildContext) -> Method:
   a = config.algo
   tx = make_tx(config, ctx)
-  n = param_count(ctx.params)
   lanczos_bytes = 8 if config.x64 else 4
   pbytes = int(np.dtype(jax.tree.leaves(ctx.params)[0].dtype).itemsize)
   sharded = a.variant == "dho2"
@@ -146,9 +145,9 @@ def build(config, ctx: BuildContext) -> Method:
       label = branch_label(f)
       branches[label] = f
       if consensus:
-        analytic[label] = dho.payload_bytes(n, refresh=refresh, consensus_step=second, **kw)
+        analytic[label] = dho.payload_bytes(ctx.params, refresh=refresh, consensus_step=second, **kw)
       else:
-        analytic[label] = dho.payload_bytes(n, refresh=refresh, **kw) - (0 if second else projections)
+        analytic[label] = dho.payload_bytes(ctx.params, refresh=refresh, **kw) - (0 if second else projections)
   largest = max(analytic.values())
   if consensus:
     tau = a.refresh_every if a.admm_period is None else a.admm_period
