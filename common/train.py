@@ -132,8 +132,11 @@ class Experiment:
   def key(self, step: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(self.config.seed), step)
 
+  def lower(self):
+    return self.step_fn.lower(self.params, self.opt_state, self.shard, self.key(0))
+
   def compile(self):
-    return self.step_fn.lower(self.params, self.opt_state, self.shard, self.key(0)).compile()
+    return self.lower().compile()
 
   def time_steps(self, compiled, steps: int):
     """Runs ``steps`` steps from the initial state, blocking each; returns (seconds per step, metrics).
@@ -350,14 +353,16 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None, *, quiet:
       jax.process_count(), sum(x.size for x in jax.tree.leaves(exp.params)))
 
   t0 = time.perf_counter()
-  compiled = exp.compile()
+  lowered = exp.lower()
+  compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
   report = comm.collective_bytes(compiled)
+  as_sent = comm.lowered_collective_bytes(lowered)   # the program's dtypes (XLA:CPU sends bf16 as f32)
   sent = measure_branches(exp.method, compiled, report)
   branches = "".join(f"; {label} {human_bytes(b)}" for label, b in sent.by_branch.items())
-  say("compiled in %.2f s; measured %s/device/step (largest branch; wire %s; %d collective(s), %d array(s))%s; "
-      "analytic %s", compile_s, human_bytes(report.payload), human_bytes(report.wire), report.count,
-      report.arrays, branches,
+  say("compiled in %.2f s; measured %s/device/step in the compiled program (largest branch; wire %s; %d collective(s), "
+      "%d array(s))%s; %s in the lowered program's dtypes; analytic %s", compile_s, human_bytes(report.payload),
+      human_bytes(report.wire), report.count, report.arrays, branches, human_bytes(as_sent.payload),
       human_bytes(exp.method.analytic_payload) if exp.method.analytic_payload is not None else "n/a")
   for note in report.notes:
     say("comm note: %s", note)
@@ -427,6 +432,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None, *, quiet:
                bytes_per_step=report.payload, max_bytes_per_step=report.payload,
                mean_bytes_per_step=cum_bytes / step if step else 0.0, cum_bytes=cum_bytes,
                bytes_per_branch=sent.by_branch or None, wire_bytes_per_step=report.wire,
+               bytes_source=report.source, lowered_bytes_per_step=as_sent.payload,
                collectives_per_step=report.count, arrays_per_step=report.arrays,
                analytic_bytes_per_step=exp.method.analytic_payload, num_devices=num_devices,
                num_processes=jax.process_count(), algorithm=config.algorithm, status=status)
