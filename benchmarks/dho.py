@@ -208,11 +208,12 @@ def memory_markdown(mem, cmd, seconds):
        "payload = measured collective bytes per device of the compiled step (`comm.collective_bytes`): the "
        "plain FOSI step's branch, and the refresh step's (the largest). At P = 1 XLA keeps the group-of-one "
        "collectives, which move nothing. *model HVP* = `memory_analysis()` temp + output of the model's "
-       "Hessian-vector product alone (`jvp(grad(loss))` on one device's batch, tangent as argument): the "
-       "n-sized part of a refresh that data parallelism does not shrink (params replicated); *floor* = "
-       "basis + model HVP.", "",
+       "Hessian-vector product alone (`jvp(grad(loss))` on one device's batch, tangent as argument, its "
+       "n-float output whole); *basis + HVP* = their sum. dho2 reduce-scatters the HVP in leaf buckets "
+       "(`dho/lanczos.py` `leaf_buckets`), so its refresh never holds the whole n-float output and its "
+       "temp can be below basis + HVP.", "",
        "| variant | P | basis (measured) | basis analytic | eigvec r x s | velocity | base state | all opt state "
-       "| compiled temp | model HVP | floor | compiled args | payload plain step | payload refresh step |",
+       "| compiled temp | model HVP | basis + HVP | compiled args | payload plain step | payload refresh step |",
        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in mem:
     L.append(f"| {r['variant']} | {r['P']} | {r['basis']:,} | {r['basis_analytic']:,} | {r['eigvec']:,} | "
@@ -224,10 +225,8 @@ def memory_markdown(mem, cmd, seconds):
         f"{d8['state'] / f8['state']:.3f}, compiled temp {d8['temp'] / f8['temp']:.3f}, compiled args "
         f"{d8['args'] / f8['args']:.3f}. dho2 P = 8 / P = 1: basis {d8['basis'] / d1['basis']:.3f}, state "
         f"{d8['state'] / d1['state']:.3f}, temp {d8['temp'] / d1['temp']:.3f}. The temp of dho2 at P = 8 is "
-        f"{(d8['temp'] - d8['basis']) / (4 * d8['n']):.2f} n-vectors (f32) beyond its basis slice; the floor "
-        f"(basis slice + the model's HVP) is {(d8['basis'] + d8['hvp']) / d1['temp']:.3f} of the P = 1 temp and "
-        f"{(d8['basis'] + d8['hvp']) / f8['temp']:.3f} of fosi's at P = 8: the temp ratio reachable while the "
-        "params are replicated."]
+        f"{(d8['temp'] - d8['basis']) / (4 * d8['n']):.2f} n-vectors (f32) beyond its basis slice (basis slice + "
+        f"the model's whole HVP: {(d8['basis'] + d8['hvp']) / d1['temp']:.3f} of the P = 1 temp)."]
   return "\n".join(L)
 
 
