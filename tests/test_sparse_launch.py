@@ -38,8 +38,8 @@ def _run(densify: bool) -> dict:
     seen["exp"] = build(config, dataset, mesh)
     return seen["exp"]
 
-  def spy_compile(self):
-    seen["compiled"] = compile_(self)
+  def spy_compile(self, lowered=None):
+    seen["compiled"] = compile_(self, lowered)
     return seen["compiled"]
 
   with pytest.MonkeyPatch.context() as mp:
@@ -71,6 +71,10 @@ def test_sparse_rows_reach_the_devices_as_ell_and_never_densify(sparse_run):
   for r in range(0, x.shape[0], 7):
     np.testing.assert_array_equal(np.bincount(idx[r], val[r], FEATURES).astype(np.float32), x[r].toarray()[0])
   assert result.status == "ok" and np.isfinite(result.final["test_loss"]) and result.final["test_accuracy"] > 0.5
+  # an f32 program: the lowered text (collectives as written) counts what the compiled one runs, plus the
+  # one duplicate scalar psum XLA folds away (3 scalar all-reduces written, 2 run); bf16 would differ 2x
+  assert result.final["bytes_source"] == "compiled"
+  assert result.final["lowered_bytes_per_step"] == result.final["bytes_per_step"] + 4 > 4
 
 
 def test_compiled_sparse_step_takes_memory_of_the_nonzeros_not_rows_times_features(sparse_run):
