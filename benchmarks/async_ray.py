@@ -244,7 +244,7 @@ def _spmd_lines(f_star, rows, steps, mean_s):
            f"Same K = {K_GC}, allocation, seed, lr and exponential delays (mean {mean_s * 1e3:.0f} ms) as above, "
            f"{steps} steps, no target; the SPMD run is `sign1bit`'s transformation in `shard_map` on a "
            f"{K_GC}-device mesh (`common/async_ray/gc_spmd.py`), its stragglers drawn from the key (fixed s = 1, "
-           f"or none when waiting for all) where Ray's are the late arrivals. F* = {f_star:.10f}: L-BFGS-B "
+           f"none when waiting for all, Bernoulli p = straggler_prob for the deadline run) where Ray's are the late arrivals. F* = {f_star:.10f}: L-BFGS-B "
            f"(float64, gradient norm <= 1e-8) on the same 1432 training rows. Tail = the last {TAIL} steps "
            f"(mean and sd of F). Max |w diff| = largest coordinate difference between the two runs' iterates "
            f"over all steps.\n",
@@ -349,8 +349,9 @@ def _model_reading(rows) -> str:
   for name, what in (("median", "with the median costs"), ("jitter", "with the measured jitter")):
     step = [r["model"][name]["step_s"] / r["step_s"] for r in rows]
     ttt = [r["model"][name]["time_to_target"] / r["ttt"] for r in rows if r["ttt"] is not None]
-    parts.append(f"{what}, the model's median step is {min(step):.2f}-{max(step):.2f}x the measured one and its "
-                 f"time to target {min(ttt):.2f}-{max(ttt):.2f}x the measured time ({len(ttt)} runs reached the target)")
+    parts.append(f"{what}, the model's median step is {min(step):.2f}-{max(step):.2f}x the measured one"
+                 + (f" and its time to target {min(ttt):.2f}-{max(ttt):.2f}x the measured time ({len(ttt)} runs reached the target)"
+                  if ttt else " (no run reached the target)"))
   return "Event model: " + "; ".join(parts) + "."
 
 

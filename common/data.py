@@ -7,8 +7,8 @@ Datasets (``config.dataset``):
                         features and N = ``num_rows`` rows (the large-J, large-D regime of SFB);
   * ``sparse_logistic`` a seeded text-like sparse binary problem (``sparse_logistic_csr``: N = ``num_rows``
                         rows, D = ``num_features`` columns, 20-60 nonzeros per row, unit-l2 rows, labels from
-                        a sparse true weight vector), generated in memory as scipy CSR (20,000 x 100,000 in
-                        about a second: nothing is written, cached or downloaded);
+                        a sparse true weight vector), generated in memory as scipy CSR (nothing is written,
+                        cached or downloaded);
   * ``svmlight:<path>`` any LIBSVM/svmlight file, read with sklearn's reader (labels remapped to 0..C-1)
                         and kept sparse (``scipy.sparse.csr_matrix`` float32 rows) through loading and
                         splitting: a news20-sized file (1.35M features) loads in its nonzeros' memory;

@@ -49,14 +49,15 @@ class Worker:
   """Worker k: owns its shard, computes the shard's gradient sum and the per-message payload."""
 
   def __init__(self, worker: int, problem, rows, *, variant: str, lr: float, relaxation: float,
-               batch_size: int, seed: int, x64: bool, die_at_version: int | None = None):
+               batch_size: int, seed: int, x64: bool, die_at_version: int | None = None, first_epoch: int = 1):
     jax = _setup_jax(x64)
     import jax.numpy as jnp
     import vr_prox
     self.worker, self.batch_size, self.die_at_version = worker, batch_size, die_at_version
     self.data = (np.asarray(problem.x[rows]), np.asarray(problem.y[rows]))
     self.n_k = len(rows)
-    self.rng = np.random.default_rng([seed, worker])
+    # a resumed run (first_epoch > 1) draws a fresh minibatch stream, not a replay of epoch 1's
+    self.rng = np.random.default_rng([seed, worker] if first_epoch == 1 else [seed, worker, first_epoch])
     loss = problems_lib.example_loss_fn(problem.name)
     grad = jax.grad(lambda p, batch: jnp.mean(loss(p, batch)))
     self.tx = vr_prox.dap_svrg(lr, problems_lib.make_prox(problem), axis_name=None, relaxation=relaxation)

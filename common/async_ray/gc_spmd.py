@@ -11,7 +11,7 @@ stragglers the SPMD mask is drawn from the key (fixed s, or Bernoulli p) where R
 order, so only the objective levels compare.
 
 ``optimum``: F* of the l2-regularised softmax regression F(w) = (1/N) sum_k f_k on the training
-rows of ``gc.load_digits`` (scipy L-BFGS-B in float64, gradient norm <= 1e-10).
+rows of ``gc.load_digits`` (scipy L-BFGS-B in float64, gradient norm <= 1e-8).
 
 The caller's process needs K devices (``XLA_FLAGS=--xla_force_host_platform_device_count=8``).
 """

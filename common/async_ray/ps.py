@@ -145,7 +145,7 @@ def run(spec: Spec, *, on_epoch: Callable[[dict], None] | None = None, log: Call
       ray.shutdown()
 
 
-def _start_actors(spec, problem, x0, version0):
+def _start_actors(spec, problem, x0, version0, first_epoch=1):
   import ray
   rows = problems_lib.shard_rows(len(problem.y), spec.num_workers)
   server = ray.remote(num_cpus=0, max_restarts=0)(actors.Server).remote(
@@ -154,7 +154,7 @@ def _start_actors(spec, problem, x0, version0):
   worker_cls = ray.remote(num_cpus=0, max_restarts=0)(actors.Worker)
   workers = {k: worker_cls.remote(k, problem, rows[k], variant=spec.variant, lr=spec.lr,
                                   relaxation=spec.relaxation, batch_size=spec.batch_size, seed=spec.seed,
-                                  x64=spec.x64,
+                                  first_epoch=first_epoch, x64=spec.x64,
                                   die_at_version=spec.kill_at_version if k == spec.kill_worker else None)
              for k in range(spec.num_workers)}
   return server, workers
@@ -196,7 +196,8 @@ def _run(spec, on_epoch, log, start=None):
   problem = problems_lib.load(spec.problem, l1=spec.l1, l2=spec.l2, lam=spec.lam)
   start = start or {"step": 0, "w": np.zeros(problem.shape), "version": 0, "wall_time": 0.0, "cum_bytes": 0}
   t_actors = time.perf_counter()
-  server, workers = _start_actors(spec, problem, np.asarray(start["w"]).reshape(problem.shape), int(start["version"]))
+  server, workers = _start_actors(spec, problem, np.asarray(start["w"]).reshape(problem.shape), int(start["version"]),
+                                  first_epoch=int(start["step"]) + 1)
   _get_server(server.ready.remote(), "startup")
   _gather_live(workers, {w.ready.remote(): k for k, w in workers.items()}, [], server, 0, t_actors, log,
                spec.epoch_timeout_s)
