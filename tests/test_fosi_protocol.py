@@ -123,11 +123,13 @@ def test_kfac_merge_keeps_the_fosi_table(quick_run, tmp_path):
   assert merged_js["rows"] == js["rows"] and "quadratic" in merged_js["kfac"]["refused"]
 
 
-def test_methods_flag_refusals(tmp_path):
+def test_methods_flag_refusals(tmp_path, capsys):
   with pytest.raises(SystemExit):
     fp.main(["--methods", "base", "--out", str(tmp_path)])             # base without fosi
+  assert "give both or neither" in capsys.readouterr().err
   with pytest.raises(SystemExit):
     fp.main(["--methods", "kfac", "--tasks", "lr", "--out", str(tmp_path)])   # no JSON to take targets from
+  assert "does not exist" in capsys.readouterr().err
 
 
 def test_kfac_rows_pick_fewest_steps_then_wall():
@@ -184,3 +186,16 @@ def test_kfac_loss_is_the_task_loss():
   params = jax.tree.map(lambda p: p + 0.01 * jnp.arange(p.size, dtype=p.dtype).reshape(p.shape) / p.size, task.params)
   both = jax.jit(lambda p: (task.loss_fn(p, task.batch), task.kfac_loss(p, task.kfac_batch)))(params)
   np.testing.assert_allclose(both[1], both[0], rtol=1e-6)
+
+
+@pytest.mark.slow   # imports kfac-jax (tfp) and compiles its step: 76 s at load ~30
+def test_kfac_grid_learns_and_stops_at_the_first_loss_below_stop_at():
+  """K-FAC through kfac_grid on the lr task (one grid point): the loss falls, and the run ends at the
+  first step whose loss is <= stop_at (every earlier one above it), well before the step budget."""
+  task = fp.lr_task(30)
+  runs = fp.kfac_grid(task, 1.0, lrs=(1.0,), dampings=(1e-3,), log=lambda s: None)
+  r = runs[(1.0, 1e-3)]
+  step_losses, final = r.losses[:-1], r.losses[-1]
+  assert len(r.times) == len(step_losses) < task.steps
+  assert step_losses[-1] <= 1.0 < min(step_losses[:-1]) and step_losses[0] > 2.0     # ln 10 = 2.30 at zero init
+  assert final < step_losses[-1]
