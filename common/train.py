@@ -341,8 +341,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None, *, quiet:
   start = (ckpt.latest_step() or 0) if ckpt else 0
   if start >= config.num_steps:
     return _nothing_to_run(exp, ckpt, start, workdir, say)
+  if workdir:
+    _check_state_format(workdir, exp.method.state_format, start)
   if workdir and primary:
     _write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    _write_json(os.path.join(workdir, STATE_FORMAT_FILE), {"state_format": exp.method.state_format})
   writer = MetricWriter(workdir, enabled=primary)
   dropped = writer.truncate(start)
   if dropped:
@@ -447,6 +450,26 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None, *, quiet:
       human_bytes(final["mean_bytes_per_step"]), human_bytes(report.payload), final["steps_per_s"], ran,
       timers.eval_s, timers.checkpoint_s, compile_s)
   return RunResult(params, opt_state, step, history, final, report, status)
+
+
+STATE_FORMAT_FILE = "state_format.json"
+
+
+def _check_state_format(workdir: str, current: str, start: int) -> None:
+  """Refuses to resume from checkpoints whose optimizer state the running code lays out differently
+  (``Method.state_format``; a workdir written before the record existed reads as "")."""
+  path = os.path.join(workdir, STATE_FORMAT_FILE)
+  if not start:
+    return
+  stored = None                     # no record: written before it existed (plain state then, or not)
+  if os.path.exists(path):
+    with open(path) as f:
+      stored = json.load(f).get("state_format", "")
+  if (stored or "") != current:
+    said = "before this code recorded it" if stored is None else (stored or "plain")
+    raise FlagError("workdir", f"{workdir}'s checkpoints hold optimizer state laid out as {said!r}; this code "
+                    f"lays it out as {current or 'plain'!r}, so restoring would put values at the wrong "
+                    "coordinates. Use a new --workdir")
 
 
 def _lowered_bytes(lowered, say) -> float | None:

@@ -121,3 +121,41 @@ def test_a_workdir_stored_before_the_runtime_field_still_resumes(tmp_path):
   config.runtime = "ray"                      # a real change is still refused
   with pytest.raises(FlagError, match="runtime"):
     fields.check_resume(config, str(tmp_path))
+
+
+def test_checkpoints_of_another_state_layout_are_refused(tmp_path, monkeypatch):
+  """A Method's ``state_format`` (dho2's coordinate buckets) is stored in the workdir; a resume whose
+  code lays the state out differently, or a workdir written before the record existed, is refused
+  before config.json or metrics.jsonl are touched (equal shapes would restore silently permuted)."""
+  import dataclasses
+  workdir = str(tmp_path / "run")
+  train.run(_config(num_steps=10), workdir, quiet=True)
+  assert json.load(open(os.path.join(workdir, train.STATE_FORMAT_FILE))) == {"state_format": ""}
+  build = train.build
+
+  def build_with(fmt):
+    def b(config, dataset=None, mesh=None):
+      exp = build(config, dataset, mesh)
+      return dataclasses.replace(exp, method=dataclasses.replace(exp.method, state_format=fmt))
+    return b
+  stored = open(os.path.join(workdir, "config.json")).read()
+  monkeypatch.setattr(train, "build", build_with("dho2 coordinates: buckets (650,) over 8 shards"))
+  with pytest.raises(FlagError, match=r"--workdir: .*laid out as 'plain'.*buckets \(650,\)"):
+    train.run(_config(num_steps=20), workdir, quiet=True)
+  os.remove(os.path.join(workdir, train.STATE_FORMAT_FILE))          # a workdir from before the record
+  with pytest.raises(FlagError, match="before this code recorded it"):
+    train.run(_config(num_steps=20), workdir, quiet=True)
+  assert open(os.path.join(workdir, "config.json")).read() == stored and _steps(workdir) == list(range(1, 11))
+  monkeypatch.setattr(train, "build", build)                         # plain state: an old workdir resumes
+  train.run(_config(num_steps=12), workdir, quiet=True)
+  assert _steps(workdir) == list(range(1, 13))
+
+
+def test_dho2_records_its_coordinate_buckets():
+  from common import cli
+  import dho
+  config = cli.load_config(os.path.join(ROOT, "configs", "dho2_mlp.py"))
+  exp = train.build(config)
+  want = dho.Layout.of_params(exp.params, config.num_devices).sizes
+  assert exp.method.state_format == f"dho2 coordinates: buckets {want} over {config.num_devices} shards"
+  assert len(want) > 1                     # the harness MLP is bucketed: the old contiguous layout differs

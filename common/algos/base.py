@@ -69,6 +69,9 @@ class Method:
       it runs (``common.comm.collective_bytes(taken=...)`` measures each from the compiled step).
     branch_of: ``step (1-based) -> label`` of the branch that step takes (deterministic schedule).
     analytic_branches: ``{label: bytes}``, the algorithm's own accounting of each branch.
+    state_format: how the optimizer state lays out what its shapes do not pin down (e.g. which
+      device holds which coordinate); stored in the workdir, and a resume whose code lays the state
+      out differently is refused instead of restoring it in the wrong order ("": nothing to record).
   """
   init_state: Callable[[Any, jax.Array], Any]
   local_step: LocalStep
@@ -78,6 +81,7 @@ class Method:
   branches: dict[str, dict[str, bool]] | None = None
   branch_of: Callable[[int], str] | None = None
   analytic_branches: dict[str, float] | None = None
+  state_format: str = ""
 
 
 def replicated_specs(tree) -> Any:

@@ -162,5 +162,9 @@ def build(config, ctx: BuildContext) -> Method:
   method = local_gradient_method(
       ctx, tx, extra_args_fn=lambda params, batch, key: {"batch": batch},
       state_specs=dho.state_specs, analytic_payload=largest, describe=describe)
+  # dho2's coordinate partition (bucketed since ce4be1e): a checkpoint of another layout restores with
+  # equal shapes but permuted coordinates, so the workdir records it
+  layout = dho.Layout.of_params(ctx.params, ctx.num_devices) if sharded else None
+  state_format = f"dho2 coordinates: buckets {layout.sizes} over {ctx.num_devices} shards" if layout else ""
   return dataclasses.replace(method, branches=branches, branch_of=lambda step: branch_label(flags(step)),
-                             analytic_branches=analytic)
+                             analytic_branches=analytic, state_format=state_format)
