@@ -16,7 +16,7 @@ jax.config.update("jax_num_cpu_devices", 8)
 import pytest  # noqa: E402
 
 # Tests whose property a cheaper test in the default tier already checks, moved to the slow tier
-# (`python -m pytest` runs them) to keep `python -m pytest -m "not slow"` near 20 minutes on 2 cores.
+# (`python -m pytest` runs them) to keep the default tier (README's test command) near 20 minutes on 2 cores.
 # Each line: the test, and what in the default tier covers its property. Seconds are from the
 # clean-clone run of 2026-11-30 (2 shared cores).
 SLOW_TIER = {
