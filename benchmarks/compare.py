@@ -4,6 +4,8 @@
     python -m benchmarks.compare --workload cnn,transformer   # the real models (issue 14), ~25 min on 2 cores
     python -m benchmarks.compare --workload all           # mlp, cnn and transformer
     python -m benchmarks.compare --quick --workload all   # CI-sized: one lr, 6 steps, small models
+    python -m benchmarks.compare --workload cnn --methods fosi --merge   # rerun one method's row
+    python -m benchmarks.compare --workload all --plots-only   # redraw every plot from compare*.json
 
 Workloads (``WORKLOADS``): ``mlp`` (the digits MLP; writes ``compare.md`` and ``compare_*.png``),
 ``cnn`` (``configs/cnn_digits.py``) and ``transformer`` (``configs/transformer_text.py``), which write
@@ -33,9 +35,14 @@ steps). For each run:
 The target (smoothed loss <= the workload's target, mean of the last ``SMOOTH`` step losses) is
 fixed here, before any run. A method's best learning rate is the one with the lowest final smoothed loss.
 
-``--merge`` (with ``--methods``) rewrites only those methods' rows of an existing table,
-keeps the other rows, records the command under the table and leaves the plots alone: for adding
-one method without rerunning all of them.
+Each run's curves (step losses, cumulative payload and ring-model wire bytes, median step time:
+every input of the plots and modeled times) are saved beside the table, ``compare.json`` (MLP)
+or ``compare_<workload>.json``, and the plots are drawn from that file. ``--merge`` (with
+``--methods``) rewrites only those methods' rows of an existing table and curves, keeps the other
+rows, records the command under the table and redraws the plots from the merged curves: for
+adding one method without rerunning all of them. ``--plots-only`` runs nothing and redraws the
+plots from the saved curves. A measured table row without saved curves (run before the curves
+were saved) is named on the plots instead of drawn.
 """
 from __future__ import annotations
 
@@ -111,6 +118,15 @@ def method_config(name: str, lr: float, steps: int, widths=(64,)):
 # the other methods start from the files' model and data with METHODS' settings.
 SHIPPED_ARG = {"dense_adam": "dense", "sfb_adam": "sfb", "one_bit_gc": "sign1bit", "ef_signsgd": "ef",
                "fosi": "fosi", "dho2": "dho2"}
+# fosi's warm-up W on the real models (first curvature refresh at 0-based call W-1, then every
+# refresh_every = 50): the config files leave W unset, so W = T = 50 and the first refresh (call 49)
+# falls past the 40-step budget, where fosi is its base Adam. dho2 keeps the files' schedule
+# (W unset = 1: refresh at call 0, then every 50), which is inside the budget.
+REAL_FOSI_WARMUP = 10
+SCHEDULE_NOTE = (f"Curvature schedule (refresh_every T = 50 from the config files): fosi with warmup W = "
+                 f"{REAL_FOSI_WARMUP} set here (first refresh at call {REAL_FOSI_WARMUP - 1}, then every 50; the "
+                 "files' W = T = 50 would refresh first at call 49, past the budget, leaving fosi its base Adam); "
+                 "dho2 with the files' schedule (W = 1: refresh at call 0, then every 50).")
 QUICK_SHAPES = {   # --quick: the same kind of model, small enough to compile in seconds
     "cnn": dict(channels=(4,), widths=(16,), batch_size=16),
     "transformer": dict(d_model=16, num_heads=2, num_layers=1, seq_len=16, batch_size=16, max_train_rows=512),
@@ -124,6 +140,8 @@ def real_config(module, shape):
     if name in SHIPPED_ARG:
       config = module.get_config(SHIPPED_ARG[name])
       config.lr = lr
+      if name == "fosi":
+        config.algo.warmup = REAL_FOSI_WARMUP
     else:
       config = _configure(name, shape(base_config(METHODS[name][0])), lr)
     config.update(dict(num_steps=steps, num_devices=8, eval_every=0, checkpoint_every=0))
@@ -149,6 +167,7 @@ class Workload:
   make: object                   # (method, lr, steps, quick) -> config
   grid_note: str = ""
   loss_note: str = ""
+  schedule_note: str = ""
 
 
 def _mlp_make(name, lr, steps, quick):
@@ -170,7 +189,7 @@ WORKLOADS = {
         "config should pass inside this 40-step budget",
         40, {**{m: (3e-3, 1e-2) for m in _ADAM}, "dense_momentum": (0.03, 0.1), "powersgd": (0.03, 0.1),
              "one_bit_gc": (0.05, 0.15), "ef_signsgd": (0.05, 0.15), "kfac": ()},
-        real_config(cnn_digits, cnn_digits.digits_cnn),
+        real_config(cnn_digits, cnn_digits.digits_cnn), schedule_note=SCHEDULE_NOTE,
         grid_note="Grid: the shipped config's rate and about 3x it (Adam methods, sign1bit); momentum SGD and "
                   "PowerSGD 0.03 and 0.1.",
         loss_note="one_bit_gc / ef_signsgd (the config's sign1bit / ef args): their loss is the exact objective F on "
@@ -183,7 +202,7 @@ WORKLOADS = {
         "reach it; the dense Adam run of `benchmarks.real_models --steps 50` reached test loss 2.517 after 50 steps",
         40, {**{m: (2e-3,) for m in _ADAM}, "dense_momentum": (0.1,), "powersgd": (0.1,),
              "one_bit_gc": (0.1,), "ef_signsgd": (0.1,), "kfac": ()},
-        real_config(transformer_text, transformer_text.text_transformer),
+        real_config(transformer_text, transformer_text.text_transformer), schedule_note=SCHEDULE_NOTE,
         grid_note="Grid: one rate per method, the shipped config's (momentum SGD and PowerSGD, which the config "
                   "does not ship: 0.1), because on these 2 shared cores a transformer compile takes 13-38 s and "
                   "its steps 0.3-3.8 s (`benchmarks.real_models`), so a second rate for all eight methods would "
@@ -228,6 +247,53 @@ class Refused:
   method: str
   reason: str
   kind: str = "refused"     # or "failed": an exception while running (the row says which)
+
+
+def record(r) -> dict:
+  """``r`` (a Run or a Refused) as JSON-ready fields; ``from_record`` inverts it."""
+  fields = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in dataclasses.asdict(r).items()}
+  return {"type": "refused" if isinstance(r, Refused) else "run", **fields}
+
+
+def from_record(fields: dict):
+  fields = dict(fields)
+  if fields.pop("type") == "refused":
+    return Refused(**fields)
+  arrays = {k: np.asarray(fields[k], dtype=float) for k in ("losses", "cum_bytes", "cum_wire")}
+  return Run(**{**fields, **arrays})
+
+
+def curves_path(out: str, workload: Workload) -> str:
+  """``compare.json`` for the MLP (beside ``compare.md``), else ``compare_<workload>.json``."""
+  return os.path.join(out, os.path.splitext(workload.md)[0] + ".json")
+
+
+def load_curves(path: str) -> dict:
+  """method -> Run or Refused, from a ``save_curves`` file (empty if there is none)."""
+  if not os.path.exists(path):
+    return {}
+  import json
+  with open(path) as f:
+    return {m: from_record(fields) for m, fields in json.load(f)["runs"].items()}
+
+
+def save_curves(path: str, best_runs: list, merge_rows: bool) -> dict:
+  """Writes the best runs' curves (losses, cumulative payload and wire bytes, step time: every
+  input of the plots and of the modeled times) to ``path``; with ``merge_rows`` the methods of
+  the existing file that are not in ``best_runs`` are kept, as ``merge`` keeps table rows."""
+  import json
+  runs = load_curves(path) if merge_rows else {}
+  runs.update({r.method: r for r in best_runs})
+  with open(path, "w") as f:
+    json.dump({"runs": {m: record(r) for m, r in runs.items()}}, f)
+  return runs
+
+
+def table_methods(text: str) -> list[str]:
+  """The methods with a measured row (not refused / failed) in a ``table`` (or merged) text."""
+  return [line.split("|")[1].strip() for line in text.splitlines()
+          if line.startswith("| ") and not line.startswith("| method |")
+          and not line.split("|")[2].strip().startswith(("refused:", "failed:"))]
 
 
 def peak_bytes(compiled) -> int:
@@ -302,7 +368,8 @@ def table(best_runs: list, grids: dict, command: str, workload: Workload = None)
          "above; for checking the pipeline, not for reading.", ""] if " --quick" in command else []),
       f"Command: `{command}` on {jax.default_backend()} ({os.cpu_count()} cores; the 8 devices are simulated and "
       f"share them). Target: {workload.target_rule}. Best lr = lowest final smoothed loss over the grid. "
-      + (f"{workload.grid_note} " if workload.grid_note else "") +
+      + (f"{workload.grid_note} " if workload.grid_note else "")
+      + (f"{workload.schedule_note} " if workload.schedule_note else "") +
       f"Bytes: collective payload per device from the compiled step{per_branch}. Modeled time = steps x median "
       "measured step time on this machine + cumulative ring-model wire bytes / bandwidth: a model, not a "
       "measurement. Peak memory: arguments + outputs + temporaries - aliased of the compiled step, per device. "
@@ -329,11 +396,13 @@ def merge(old: str, new: str, command: str) -> str:
   last_row = max(i for i, line in enumerate(lines) if line.startswith("|"))
   lines[last_row + 1:last_row + 1] = [rows[m] for m in rows if m not in seen]
   lines.append("")
-  lines.append(f"Rows {', '.join(rows)}: `{command}` (merged into the table above; the plots do not show them).")
+  lines.append(f"Rows {', '.join(rows)}: `{command}` (merged into the table above and into the curves the plots are drawn from).")
   return "\n".join(lines)
 
 
-def plots(best_runs: list, out_dir: str, workload: Workload = None) -> list[str]:
+def plots(best_runs: list, out_dir: str, workload: Workload = None, lacking=()) -> list[str]:
+  """The five panels (loss vs steps, bytes, modeled time at each bandwidth) of ``best_runs``;
+  ``lacking``: table rows without saved curves, named on every panel."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -355,6 +424,9 @@ def plots(best_runs: list, out_dir: str, workload: Workload = None) -> list[str]
     ax.set_ylabel(f"training loss (mean of last {SMOOTH} steps)")
     ax.set_title(workload.title.split(" (")[0].replace("Methods and peers on the ", ""), fontsize=9)
     ax.legend(fontsize=7)
+    if lacking:
+      ax.text(0.01, 0.01, f"not plotted (no saved curves): {', '.join(lacking)}", transform=ax.transAxes,
+              fontsize=6, va="bottom")
     fig.tight_layout()
     path = os.path.join(out_dir, f"{workload.png_prefix}{tag}.png")
     fig.savefig(path, dpi=110)
@@ -391,8 +463,8 @@ def _load_note(start: float) -> str:
 
 def write(workload: Workload, best_runs: list, grids: dict, command: str, out: str, merge_rows: bool,
           start: float, pending=()) -> list[str]:
-  """Writes ``workload``'s table (merged into the existing one with ``merge_rows``) and, once no
-  method is ``pending``, its plots."""
+  """Writes ``workload``'s table and curves (both merged into the existing ones with
+  ``merge_rows``) and, once no method is ``pending``, its plots from the saved curves."""
   md = os.path.join(out, workload.md)
   text = table(best_runs, grids, command, workload) + "\n\n" + _load_note(start) + (
       f" PARTIAL: not yet run: {', '.join(pending)}." if pending else "")
@@ -402,7 +474,21 @@ def write(workload: Workload, best_runs: list, grids: dict, command: str, out: s
                    f"{command} --methods {','.join(r.method for r in best_runs)} --merge")
   with open(md, "w") as f:
     f.write(text + "\n")
-  return [md] + ([] if merge_rows or pending else plots(best_runs, out, workload))
+  save_curves(curves_path(out, workload), best_runs, merge_rows)
+  return [md, curves_path(out, workload)] + ([] if pending else redraw(workload, out))
+
+
+def redraw(workload: Workload, out: str) -> list[str]:
+  """``workload``'s plots from its saved curves, in the table's row order; the table's measured
+  rows without curves are named on the plots (and printed)."""
+  runs = load_curves(curves_path(out, workload))
+  md = os.path.join(out, workload.md)
+  rows = table_methods(open(md).read()) if os.path.exists(md) else list(runs)
+  lacking = [m for m in rows if not isinstance(runs.get(m), Run)]
+  if lacking:
+    print(f"{workload.md}: no saved curves for {', '.join(lacking)}; the plots lack them", flush=True)
+  order = rows + [m for m in runs if m not in rows]
+  return plots([runs[m] for m in order if isinstance(runs.get(m), Run)], out, workload, lacking)
 
 
 def main(argv=None):
@@ -414,7 +500,9 @@ def main(argv=None):
   parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ", ".join(METHODS))
   parser.add_argument("--out", default=RESULTS, help="directory for compare*.md and compare_*.png")
   parser.add_argument("--merge", action="store_true",
-                      help="replace only these methods' rows of the existing table; plots untouched")
+                      help="replace only these methods' rows of the existing table and curves; plots redrawn")
+  parser.add_argument("--plots-only", action="store_true",
+                      help="run nothing: redraw each workload's plots from its saved compare*.json curves")
   args = parser.parse_args(argv)
   names = [m.strip() for m in args.methods.split(",") if m.strip()]
   unknown = [m for m in names if m not in METHODS]
@@ -427,6 +515,13 @@ def main(argv=None):
   for w in workloads:
     if args.merge and not os.path.exists(os.path.join(args.out, WORKLOADS[w].md)):
       parser.error(f"--merge: no {os.path.join(args.out, WORKLOADS[w].md)} to merge into; run without --merge first")
+  if args.plots_only:
+    for w in workloads:
+      if not os.path.exists(curves_path(args.out, WORKLOADS[w])):
+        parser.error(f"--plots-only: no {curves_path(args.out, WORKLOADS[w])}; run the workload first")
+    paths = {w: redraw(WORKLOADS[w], args.out) for w in workloads}
+    print("wrote", *[p for w in workloads for p in paths[w]], flush=True)
+    return paths
   os.makedirs(args.out, exist_ok=True)
   results = {}
   for w in workloads:

@@ -6,7 +6,9 @@ is steps x step time + wire / bandwidth, the dense baseline's payload is 4 B per
 loss scalar (the parameters counted from the built model; the MLP's also in closed form),
 PowerSGD sends less than dense, a method the workload's adapter refuses (kfac on the cnn) is a
 "refused: <reason>" row, and the tables and plots are written under their workload's names
-(the MLP's keep their names ``compare.md`` / ``compare_*.png``).
+(the MLP's keep their names ``compare.md`` / ``compare_*.png``); the saved curves
+(``compare*.json``) give back the runs, merge like the table rows, and ``--plots-only`` redraws
+from them; fosi's curvature is refreshed inside the real models' step budget.
 """
 import os
 
@@ -15,6 +17,7 @@ import numpy as np
 
 from benchmarks import compare
 from common import train
+from common.algos import dho
 
 METHODS = "dense_adam,powersgd"
 PANELS = ("steps", "bytes", "time_1gbit", "time_10gbit", "time_100gbit")
@@ -53,6 +56,20 @@ def test_quick_comparison_writes_tables_and_plots(tmp_path):
     for tag in PANELS:
       assert os.path.getsize(tmp_path / f"{prefix}{tag}.png") > 1000
   assert "| kfac | refused: config.model: kfac runs" in open(tmp_path / "compare_cnn.md").read()
+  # the saved curves are the runs, and --plots-only redraws every panel from them alone
+  for w, runs in (("mlp", mlp), ("cnn", cnn)):
+    saved = compare.load_curves(compare.curves_path(str(tmp_path), compare.WORKLOADS[w]))
+    assert saved.keys() == runs.keys() and isinstance(saved.get("kfac", compare.Refused("", "")), compare.Refused)
+    for m, r in runs.items():
+      if isinstance(r, compare.Run):
+        for field in ("losses", "cum_bytes", "cum_wire"):
+          np.testing.assert_array_equal(getattr(saved[m], field), getattr(r, field))
+        assert (saved[m].step_s, saved[m].lr, saved[m].target) == (r.step_s, r.lr, r.target)
+  for png in tmp_path.glob("compare_*.png"):
+    png.unlink()
+  compare.main(["--plots-only", "--workload", "mlp,cnn", "--out", str(tmp_path)])
+  for prefix in ("compare_", "compare_cnn_"):
+    assert all(os.path.getsize(tmp_path / f"{prefix}{tag}.png") > 1000 for tag in PANELS)
 
 
 def test_smoothed_loss_and_target_step():
@@ -91,3 +108,32 @@ def test_merge_replaces_and_appends_rows_and_keeps_the_rest():
   assert merged[:len(head)] == head
   assert merged[len(head):len(head) + 3] == [_row("dense_adam", "0.1"), _row("powersgd", "0.3"), _row("kfac", "0.4")]
   assert merged[-1].startswith("Rows powersgd, kfac: `python -m benchmarks.compare --methods powersgd,kfac --merge`")
+
+
+def test_curves_merge_like_rows_and_rows_without_curves_are_named(tmp_path):
+  def fake(method, loss):
+    return compare.Run(method, 0.1, np.full(3, loss), np.arange(1, 4.0), np.arange(1, 4.0), 0.01, 1, 1, 0, 1.0)
+  path = str(tmp_path / "c.json")
+  compare.save_curves(path, [fake("dense_adam", 1.0), fake("fosi", 2.0)], merge_rows=False)
+  compare.save_curves(path, [fake("fosi", 3.0), compare.Refused("kfac", "no")], merge_rows=True)
+  saved = compare.load_curves(path)
+  assert list(saved) == ["dense_adam", "fosi", "kfac"] and isinstance(saved["kfac"], compare.Refused)
+  assert saved["dense_adam"].losses[0] == 1.0 and saved["fosi"].losses[0] == 3.0
+  compare.save_curves(path, [fake("sfb_adam", 4.0)], merge_rows=False)     # a full run starts afresh
+  assert list(compare.load_curves(path)) == ["sfb_adam"]
+  head = ["### t", "", "| method | lr grid |", "|---|---|"]
+  text = "\n".join(head + [_row("dense_adam", "0.1"), "| kfac | refused: no |" + " - |" * 9,
+                           "| x | failed: E |" + " - |" * 9, _row("fosi", "0.2")])
+  assert compare.table_methods(text) == ["dense_adam", "fosi"]
+
+
+def test_fosi_refreshes_curvature_inside_the_real_models_budget():
+  """The config files' fosi (W unset = T = 50) would first refresh at call 49, past the 40-step
+  budget, and run as its base Adam; the comparison sets W so it refreshes early."""
+  for w in ("cnn", "transformer"):
+    workload = compare.WORKLOADS[w]
+    for method in ("fosi", "dho2"):
+      flags = dho.schedule(workload.make(method, workload.grids[method][0], workload.steps, False))
+      refreshes = [s for s in range(1, workload.steps + 1) if flags(s)["refresh"]]
+      assert refreshes and refreshes[0] <= workload.steps // 2, (w, method, refreshes)
+      assert flags(workload.steps)["hybrid"]
