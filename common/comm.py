@@ -29,8 +29,8 @@ This is how the harness logs the bytes of the branch a step took (e.g. a FOSI/DH
 refresh step vs a plain step) from the one compiled program.
 
 Which text (``CommReport.source``): the compiled text is what XLA runs, with XLA's
-dtypes. XLA:CPU sends a bf16 all-reduce, reduce-scatter or all-gather as f32 (convert,
-f32 collective, convert), so there a bf16 payload counts twice its bytes.
+dtypes. XLA:CPU sends bf16 collectives (all-reduce, reduce-scatter, all-gather,
+all-to-all, collective-permute) as f32 (convert, f32 collective, convert), so there a bf16 payload counts twice its bytes.
 ``lowered_collective_bytes(jax.jit(f).lower(...))`` counts the lowered program
 (StableHLO) instead: the program's own collectives in the dtypes it sends, loops by the
 counter pattern jax emits, conditionals and ``taken`` as above (function names from the
@@ -473,7 +473,7 @@ class _StableHLO:
 def lowered_collective_bytes(lowered: Any, taken: dict[str, bool] | None = None) -> CommReport:
   """Counts the collectives of the lowered program (StableHLO) in the dtypes the program sends.
 
-  XLA:CPU rewrites a bf16 all-reduce, reduce-scatter or all-gather into convert -> f32 collective -> convert,
+  XLA:CPU rewrites a bf16 collective (any of the five kinds) into convert -> f32 collective -> convert,
   so the compiled text (``collective_bytes``) shows twice the bytes of a bf16 payload; the lowered text
   keeps the program's dtype.
   What the lowered text lacks: collectives the partitioner inserts under ``jit`` shardings and XLA's

@@ -211,7 +211,7 @@ def evaluate(exp: Experiment, params) -> dict:
     x_train, y_train = x_train[idx], y_train[idx]
   for split, x, y in (("train", x_train, y_train), ("test", exp.dataset.x_test, exp.dataset.y_test)):
     rows = jax.tree.map(lambda a: mesh_lib.put(a, exp.mesh, jax.P(AXIS)),
-                        data.shard_rows(x.astype(dtype), y, num_devices, ell=sparse_rows(exp.config, exp.dataset)))
+                        data.shard_rows(x.astype(dtype), y, num_devices, ell=isinstance(exp.shard.x, data.EllRows)))
     loss, acc = _eval_fn(exp.model)(params, rows)
     results[f"{split}_loss"] = float(mesh_lib.fetch(loss))
     results[f"{split}_accuracy"] = float(mesh_lib.fetch(acc))
@@ -458,9 +458,9 @@ STATE_FORMAT_FILE = "state_format.json"
 def _check_state_format(workdir: str, current: str, start: int) -> None:
   """Refuses to resume from checkpoints whose optimizer state the running code lays out differently
   (``Method.state_format``; a workdir written before the record existed reads as "")."""
-  path = os.path.join(workdir, STATE_FORMAT_FILE)
   if not start:
     return
+  path = os.path.join(workdir, STATE_FORMAT_FILE)
   stored = None                     # no record: written before it existed (plain state then, or not)
   if os.path.exists(path):
     with open(path) as f:
