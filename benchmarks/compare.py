@@ -1,7 +1,7 @@
 """One comparison across methods and their peers on every workload, all through the harness.
 
     python -m benchmarks.compare                          # the digits MLP: lr grid per method, 300 steps
-    python -m benchmarks.compare --workload cnn,transformer   # the real models (issue 14), ~25 min on 2 cores
+    python -m benchmarks.compare --workload cnn,transformer   # the real models (issue 14): 572 s + 611 s measured
     python -m benchmarks.compare --workload all           # mlp, cnn and transformer
     python -m benchmarks.compare --quick --workload all   # CI-sized: one lr, 6 steps, small models
     python -m benchmarks.compare --workload cnn --methods fosi --merge   # rerun one method's row
@@ -32,8 +32,7 @@ steps). For each run:
   * peak per-device memory: arguments + outputs + temporaries - aliased, from the compiled step's
     ``memory_analysis()``.
 
-The target (smoothed loss <= the workload's target, mean of the last ``SMOOTH`` step losses) is
-fixed here, before any run. A method's best learning rate is the one with the lowest final smoothed loss.
+The target is met by the smoothed loss (mean of the last ``SMOOTH`` step losses). A method's best learning rate is the one with the lowest final smoothed loss.
 
 Each run's curves (step losses, cumulative payload and ring-model wire bytes, median step time:
 every input of the plots and modeled times) are saved beside the table, ``compare.json`` (MLP)
