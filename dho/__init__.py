@@ -5,7 +5,8 @@ Public API: ``fosi`` and the presets ``fosi_adam``, ``fosi_momentum``, ``fosi_ne
 ``admm="reference"``) and ``consensus_admm`` (``dho2(admm="consensus")``); the curvature piece
 ``curvature`` (``LanczosPairs``, ``refresh_due``, ``maybe_refresh``, ``curvature_basis``);
 ``lanczos``, ``extreme_eigenpairs``, ``hvp`` (usable on their own); ``state_specs``,
-``multi_steps``, ``payload_bytes``, ``basis_bytes``; ``coordinatewise`` (the base-optimizer
+``multi_steps``, ``payload_bytes``, ``basis_bytes``; ``separate_refresh`` (a transformation's
+curvature refresh as its own function, to compile as a second program); ``coordinatewise`` (the base-optimizer
 check); ``axis`` (the varying-axes probe and the per-device state layout).
 
 ``init`` returns the global layout: leaves that differ per device carry a leading axis of size P
@@ -24,8 +25,9 @@ References:
        Direction Method of Multipliers", Found. Trends ML 3(1), 2011 (``consensus_admm``).
 """
 from dho.curvature import LanczosPairs, Pairs, curvature_basis, maybe_refresh, refresh_due
-from dho.fosi import (MOMENTUM, ConsensusState, Dho2State, FosiState, FullBaseState, basis_bytes, consensus_admm,
-                      dho2, fosi, fosi_adam, fosi_momentum, fosi_nesterov, fosi_sgd, payload_bytes, state_specs)
+from dho.fosi import (MOMENTUM, ConsensusState, Dho2State, FosiState, FullBaseState, SeparateRefresh, basis_bytes,
+                      consensus_admm, dho2, fosi, fosi_adam, fosi_momentum, fosi_nesterov, fosi_sgd, payload_bytes,
+                      separate_refresh, state_specs)
 from dho.lanczos import Layout, LanczosResult, extreme_eigenpairs, hvp, lanczos, lanczos_dtype
 from dho import axis, coordinatewise, curvature
 from dho.axis import multi_steps
@@ -34,4 +36,4 @@ __all__ = ["MOMENTUM", "ConsensusState", "Dho2State", "FosiState", "FullBaseStat
            "axis", "basis_bytes", "consensus_admm", "coordinatewise", "curvature", "curvature_basis", "dho2",
            "extreme_eigenpairs", "fosi", "fosi_adam", "fosi_momentum", "fosi_nesterov", "fosi_sgd", "hvp",
            "lanczos", "lanczos_dtype", "Layout", "LanczosResult", "maybe_refresh", "multi_steps", "payload_bytes",
-           "refresh_due", "state_specs"]
+           "refresh_due", "SeparateRefresh", "separate_refresh", "state_specs"]

@@ -59,9 +59,12 @@ def match_vma(new, like):
 
 
 def maybe_refresh(due, compute: Callable[[], Pairs], current: Pairs) -> Pairs:
-  """``compute()`` when ``due``, else ``current``: the only ``lax.cond`` of the curvature."""
+  """``compute()`` when ``due``, else ``current``: the only ``lax.cond`` of the curvature. A Python
+  bool ``due`` decides at trace time (no conditional: the program holds one branch)."""
   def refresh():
     return match_vma(compute(), current)
+  if isinstance(due, bool):
+    return refresh() if due else current
   return lax.cond(due, refresh, lambda: current)
 
 

@@ -13,7 +13,10 @@ The curvature (``dho.curvature``: the Lanczos-pairs estimator, the refresh predi
 ``lax.cond`` that runs it) is refreshed inside ``update`` at 0-based calls ``W-1, W-1+T, ...``,
 so there is one compiled step; the measured bytes of that step count the refresh branch (the
 dearest) and XLA keeps both branches' buffers. The curvature batch is the optax extra argument
-``batch`` of the same call. ``dho2(admm="consensus")`` is consensus ADMM with its own
+``batch`` of the same call. A caller may instead run the refresh as its own program
+(``separate_refresh(tx)``, the split kfac-jax makes between estimator and step): on a scheduled
+call it runs ``refresh(state, params, batch)`` and then ``update(..., refresh=False)``, which is the
+same arithmetic as the in-step refresh in two smaller programs (each compiles in about half the time). ``dho2(admm="consensus")`` is consensus ADMM with its own
 constructor and state (``consensus_admm``, ``ConsensusState``).
 
 State layout. ``init`` returns the global layout: the leaves that differ per device (DHO2's
@@ -240,9 +243,13 @@ class _Setup:
             "nesterov": lambda g1, vel: (1.0 + beta) * g1 + beta * beta * vel,
             "none": lambda g1, vel: g1}[self.momentum]
 
-  def refresh(self, count, params, batch, pairs, dt, extra_shift=0.0) -> Pairs:
-    return maybe_refresh(refresh_due(count, self.warmup, self.refresh_every),
-                         lambda: self.curvature.estimate(params, batch, dt, extra_shift), pairs)
+  def due(self, count, refresh=None):
+    """This call's refresh: the schedule (traced) when ``refresh`` is None, else the caller's bool."""
+    return refresh_due(count, self.warmup, self.refresh_every) if refresh is None else refresh
+
+  def refresh(self, count, params, batch, pairs, dt, extra_shift=0.0, refresh=None) -> Pairs:
+    return maybe_refresh(self.due(count, refresh), lambda: self.curvature.estimate(params, batch, dt, extra_shift),
+                         pairs)
 
 
 def _setup(base, loss_fn, *, k, l, m, refresh_every, warmup, alpha, scale_clip, momentum, decay, seed,
@@ -301,20 +308,31 @@ def _init(setup: _Setup, params):
   return axis.stack(Dho2State(count, fs, disp, anchor, pending, pending_at), setup.num_shards)
 
 
-def _active_pairs(setup: _Setup, state, params, batch, dt):
+def _refreshed(setup: _Setup, state, params, batch, dt, refresh=None):
+  """(pairs, pending, pending_at) after this call's refresh (``refresh``: see ``_Setup.due``); with
+  ``curvature_delay`` D the refresh fills ``pending``, active from call t + D (MR-DHO2 emulation, [P1])."""
+  fs, count = (state.fosi, state.count) if setup.dho2 else (state, state.count)
+  pending, pending_at = getattr(state, "pending", None), getattr(state, "pending_at", None)
+  if setup.r == 0:
+    return fs.pairs, pending, pending_at
+  if setup.curvature_delay == 0:
+    return setup.refresh(count, params, batch, fs.pairs, dt, refresh=refresh), pending, pending_at
+  pending = setup.refresh(count, params, batch, pending, dt, refresh=refresh)
+  due = setup.due(count, refresh)
+  if not (isinstance(due, bool) and not due):
+    pending_at = jnp.where(due, count + setup.curvature_delay, pending_at)
+  return fs.pairs, pending, pending_at
+
+
+def _active_pairs(setup: _Setup, state, params, batch, dt, refresh=None):
   """(active pairs, pending, pending_at) after this call's refresh; with ``curvature_delay`` D the
   pairs of the snapshot at call t become active at call t + D (MR-DHO2 emulation, [P1])."""
-  fs, count = (state.fosi, state.count) if setup.dho2 else (state, state.count)
-  if setup.r == 0:
-    return fs.pairs, getattr(state, "pending", None), getattr(state, "pending_at", None)
-  if setup.curvature_delay == 0:
-    return setup.refresh(count, params, batch, fs.pairs, dt), state.pending if setup.dho2 else None, \
-        state.pending_at if setup.dho2 else None
-  pending = setup.refresh(count, params, batch, state.pending, dt)
-  pending_at = jnp.where(refresh_due(count, setup.warmup, setup.refresh_every), count + setup.curvature_delay,
-                         state.pending_at)
+  pairs, pending, pending_at = _refreshed(setup, state, params, batch, dt, refresh)
+  if setup.r == 0 or setup.curvature_delay == 0:
+    return pairs, pending, pending_at
+  count = state.count
   active = count >= pending_at
-  pairs = jax.tree.map(lambda a, b: jnp.where(active, a, b), pending, fs.pairs)
+  pairs = jax.tree.map(lambda a, b: jnp.where(active, a, b), pending, pairs)
   return pairs, pending, jnp.where(active, _NEVER, pending_at)
 
 
@@ -335,9 +353,9 @@ def _direction(setup: _Setup, g, fs, base_state, pairs, theta, layout, step_base
   return lax.cond(fs.count + 1 < setup.warmup + setup.curvature_delay, plain, hybrid)
 
 
-def _update(setup: _Setup, updates, state, params, batch):
+def _update(setup: _Setup, updates, state, params, batch, refresh=None):
   """One FOSI / DHO2 step ([F] Alg. 2 on this device's slice, [P1]); ``admm="reference"`` adds the
-  released v2 code's period rule ([P2])."""
+  released v2 code's period rule ([P2]). ``refresh``: see ``_Setup.due``."""
   if setup.dho2:
     state = axis.local(state, "dho")
   fs = state.fosi if setup.dho2 else state
@@ -345,7 +363,7 @@ def _update(setup: _Setup, updates, state, params, batch):
   flat_p, unravel = ravel_pytree(params)
   dt = flat_p.dtype
   layout = setup.layout(params)
-  pairs, pending, pending_at = _active_pairs(setup, state, params, batch, dt)
+  pairs, pending, pending_at = _active_pairs(setup, state, params, batch, dt, refresh)
   g = layout.reduce(ravel_pytree(updates)[0].astype(dt))
   theta = layout.own(flat_p)
   step_base = _on_full_vector(setup.base, layout, flat_p) if setup.replicated_base else setup.base
@@ -381,16 +399,90 @@ def _require_axis(axis_name, name: str):
                      "device") from None
 
 
+def _refresh_only(setup: _Setup, state, params, batch):
+  """This call's scheduled refresh by itself: the pairs ``update`` would compute at ``params`` on
+  ``batch``, stored where it would keep them (the active pairs, or ``pending`` / ``pending_at`` with a
+  ``curvature_delay``); ``count`` does not advance."""
+  if setup.dho2:
+    state = axis.local(state, "dho")
+  fs = state.fosi if setup.dho2 else state
+  dt = ravel_pytree(params)[0].dtype
+  pairs, pending, pending_at = _refreshed(setup, state, params, batch, dt, refresh=True)
+  new_fs = FosiState(fs.count, fs.base_state, fs.velocity, *pairs)
+  if not setup.dho2:
+    return new_fs
+  return axis.unlocal(state._replace(fosi=new_fs, pending=pending, pending_at=pending_at))
+
+
+def _host_count(count) -> int:
+  """``count`` on the host (a global array's first addressable element: every device holds the same)."""
+  if isinstance(count, jax.Array):
+    count = count.addressable_data(0)
+  return int(np.ravel(np.asarray(count))[0])
+
+
+class SeparateRefresh(NamedTuple):
+  """A ``fosi`` / ``dho2`` curvature refresh as its own function (``separate_refresh``).
+
+  Attributes:
+    due: ``state -> bool`` on the host: whether the next ``update`` call is a scheduled refresh
+      (0-based call ``W-1, W-1+T, ...``; always False with ``k = l = 0``).
+    refresh: ``(state, params, batch) -> state``, traced where ``update`` is (inside ``shard_map``
+      over ``axis_name``): the refresh ``update`` would run on this call, nothing else.
+  """
+  due: Callable[[Any], bool]
+  refresh: Callable[[Any, Any, Any], Any]
+
+
+def _check_refresh(name: str, refresh):
+  if refresh is None or isinstance(refresh, bool):
+    return refresh
+  if isinstance(refresh, np.bool_):
+    return bool(refresh)
+  raise ValueError(f"{name} update: refresh must be None (the schedule decides inside the step) or a Python bool "
+                   f"(decided when the step is traced), got {refresh!r}")
+
+
 def _transformation(setup: _Setup, name: str) -> optax.GradientTransformationExtraArgs:
-  def update_fn(updates, state, params=None, *, batch=None, **extra_args):
+  def update_fn(updates, state, params=None, *, batch=None, refresh=None, **extra_args):
     del extra_args
     _require_axis(setup.axis_name, name)
+    refresh = _check_refresh(name, refresh)
     if params is None:
       raise ValueError(f"{name} update needs params (the HVP and the base step use them)")
-    if setup.r > 0 and batch is None:
+    if setup.r > 0 and batch is None and refresh is not False:
       raise ValueError(f"{name} update needs the curvature batch: update(g, state, params, batch=...)")
-    return _update(setup, updates, state, params, batch)
+    return _update(setup, updates, state, params, batch, refresh)
+
+  def refresh_fn(state, params, batch):
+    _require_axis(setup.axis_name, name)
+    if setup.r > 0 and batch is None:
+      raise ValueError(f"{name} refresh needs the curvature batch")
+    return _refresh_only(setup, state, params, batch) if setup.r > 0 else state
+
+  def due(state) -> bool:
+    return setup.r > 0 and bool(refresh_due(_host_count(state.count), setup.warmup, setup.refresh_every))
+
+  update_fn.separate_refresh = SeparateRefresh(due, refresh_fn)
   return optax.GradientTransformationExtraArgs(lambda params: _init(setup, params), update_fn)
+
+
+def separate_refresh(tx: optax.GradientTransformation) -> SeparateRefresh:
+  """The curvature refresh of ``tx`` (made by ``fosi`` / ``dho2``) as its own function, so that a
+  caller can compile it as a second program instead of the in-step ``lax.cond``: on each call where
+  ``due(state)`` is True, run ``state = refresh(state, params, batch)`` and then
+  ``tx.update(grads, state, params, batch=batch, refresh=False)``; on the other calls pass
+  ``refresh=False`` too. The result is the in-step refresh's, since both evaluate the same functions on
+  the same inputs (the Lanczos ESE of [F] Alg. 1 at the params of the call).
+
+  Raises ValueError for any other transformation (``consensus_admm``, or ``fosi`` inside a chain:
+  take the refresh of the ``fosi`` / ``dho2`` transformation itself).
+  """
+  found = getattr(getattr(tx, "update", None), "separate_refresh", None)
+  if found is None:
+    raise ValueError("separate_refresh needs the transformation returned by dho.fosi / dho.dho2 (without "
+                     "admm='consensus', and not wrapped in optax.chain or similar: pass the inner one)")
+  return found
 
 
 # ---- consensus ADMM ([B] Sec. 7.1 scaled form, inexact local FOSI solves; our extension of [P2]) ----
@@ -473,7 +565,10 @@ def consensus_admm(base: optax.GradientTransformation, loss_fn: Callable, *, adm
                  dho2=True, lanczos_dtype_=lanczos_dtype, admm="consensus", admm_period=admm_period)
 
   def update_fn(updates, state, params=None, *, batch=None, **extra_args):
-    del updates, extra_args
+    del updates
+    if extra_args.get("refresh") is not None:
+      raise ValueError("dho2(admm='consensus') refreshes inside its step (the refresh also gathers the "
+                       "eigenvector rows); it takes no refresh argument")
     _require_axis(setup.axis_name, "consensus_admm")
     if params is None or batch is None:
       raise ValueError("dho2(admm='consensus') update needs params and the batch (local gradients are taken at "
