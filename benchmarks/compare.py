@@ -295,17 +295,11 @@ def table_methods(text: str) -> list[str]:
           and not line.split("|")[2].strip().startswith(("refused:", "failed:"))]
 
 
-def peak_bytes(compiled) -> int:
-  mem = compiled.memory_analysis()
-  return int(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
-             - mem.alias_size_in_bytes)
-
-
 def run(config, name: str, target: float = TARGET) -> Run:
   """``config``'s method for ``config.num_steps`` steps on 8 devices, blocking each step."""
   exp = train.build(config, mesh=mesh_lib.make_mesh(8))
   compiled = exp.compile()
-  report = comm.collective_bytes(compiled)
+  report = comm.collective_bytes(compiled.step)
   sent = train.measure_branches(exp.method, compiled, report)
   wire_ratio = report.wire / report.payload if report.payload else 0.0
   steps = config.num_steps
@@ -318,7 +312,7 @@ def run(config, name: str, target: float = TARGET) -> Run:
   payload = np.array([sent.of(t) for t in range(1, steps + 1)])
   return Run(name, config.lr, np.array(losses), np.cumsum(payload), np.cumsum(payload * wire_ratio),
              float(np.median(times[1:] if steps > 1 else times)), report.count, report.arrays,
-             peak_bytes(compiled), float(payload.mean()), target, bool(sent.by_branch))
+             compiled.peak_bytes(), float(payload.mean()), target, bool(sent.by_branch))
 
 
 def run_method(workload: Workload, name: str, grid, steps: int, quick: bool) -> list:

@@ -89,7 +89,9 @@ def memory_rows(widths=(256, 256), k=10, m=40):
       config = _memory_config(p, variant, widths, k, m)
       exp = train.build(config, mesh=mesh_lib.make_mesh(p))
       compiled = exp.compile()
-      mem = compiled.memory_analysis()
+      sent = train.measure_branches(exp.method, compiled, comm.collective_bytes(compiled.step))
+      # the basis lives in the refresh program (its own program since dho.separate_refresh): the dearer temp
+      mem = max((p.memory_analysis() for p in compiled.parts.values()), key=lambda m: m.temp_size_in_bytes)
       fs = exp.opt_state.fosi if hasattr(exp.opt_state, "fosi") else exp.opt_state
       n = sum(x.size for x in jax.tree.leaves(exp.params))
       rows.append(dict(variant=variant, P=p, n=n, eigvec=_per_device_bytes(fs.eigvecs),
@@ -97,8 +99,7 @@ def memory_rows(widths=(256, 256), k=10, m=40):
                        state=_per_device_bytes(exp.opt_state), basis=_measured_basis_bytes(exp, variant, m),
                        basis_analytic=dho.basis_bytes(exp.params, m, p if variant == "dho2" else 1),
                        temp=mem.temp_size_in_bytes, args=mem.argument_size_in_bytes, hvp=_hvp_bytes(exp),
-                       payload=comm.collective_bytes(compiled).payload,
-                       plain=comm.collective_bytes(compiled, taken={"refresh": False, "hybrid": True}).payload))
+                       payload=sent.by_branch["refresh+plain"], plain=sent.by_branch["plain"]))
       print("memory", rows[-1], flush=True)
   return rows
 
@@ -203,10 +204,11 @@ def memory_markdown(mem, cmd, seconds):
        "that `dho.curvature_basis` (the function both transformations call at each refresh) builds on this "
        "model's own loss, at its initial params and a batch of its data, under the same mesh (fosi: the full "
        "m x n on every device; dho2: an m x ceil(n/P) slice); *analytic* = `dho.basis_bytes`; eigvec / velocity "
-       "/ base / all state = the leaves of the optimizer state the train step carries; *temp* and *args* = the "
-       "compiled train step's `memory_analysis()` (the basis lives only inside the refresh, so it is in temp); "
-       "payload = measured collective bytes per device of the compiled step (`comm.collective_bytes`): the "
-       "plain FOSI step's branch, and the refresh step's (the largest). At P = 1 XLA keeps the group-of-one "
+       "/ base / all state = the leaves of the optimizer state the train step carries; *temp* and *args* = "
+       "`memory_analysis()` of the harness's compiled program with the larger temp (the curvature refresh, its own "
+       "program since `dho.separate_refresh`: the basis lives only there); "
+       "payload = measured collective bytes per device (`train.measure_branches`): the "
+       "plain FOSI step's branch, and the refresh step's (step + refresh program, the largest). At P = 1 XLA keeps the group-of-one "
        "collectives, which move nothing. *model HVP* = `memory_analysis()` temp + output of the model's "
        "Hessian-vector product alone (`jvp(grad(loss))` on one device's batch, tangent as argument, its "
        "n-float output whole); *basis + HVP* = their sum. dho2 reduce-scatters the HVP in leaf buckets "

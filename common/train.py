@@ -6,7 +6,9 @@
   3. place the data shards (``P("data")``; a sparse dataset's rows as ``EllRows`` when ``sparse_rows``),
      params (``P()``) and optimizer state (the method's
      specs) as global arrays, restoring the latest checkpoint of ``workdir`` if there is one;
-  4. compile one ``jit(shard_map(method.local_step))`` program and measure its collective bytes;
+  4. compile one ``jit(shard_map(method.local_step))`` program (and, for a method with a separate
+     curvature refresh, ``method.refresh_step`` as a second program the host runs first on the
+     steps it is due) and measure their collective bytes;
   5. step, blocking on every step's metrics (CPU collectives deadlock when steps queue up),
      logging steps/s and ETA without compile time, evaluating, checkpointing, and stopping
      with a clear message on a non-finite loss or parameter norm while keeping the last good
@@ -115,6 +117,51 @@ def load_dataset(config) -> data.Dataset:
 
 
 # ----------------------------------------------------------------------------- building
+@dataclasses.dataclass(frozen=True)
+class Program:
+  """A run's step as programs: ``step`` (``jit(shard_map(method.local_step))``) and, for a method with
+  a separate curvature refresh (``Method.refresh_step``), ``refresh``, which runs before ``step`` on the
+  calls ``due(opt_state)`` names. Holds lowered or compiled programs (``Experiment.lower`` /
+  ``compile``); calling a compiled one runs one training step. A single program also answers
+  ``as_text`` / ``memory_analysis`` (so ``comm.collective_bytes`` takes it); two must be read part by
+  part (``parts``), and asking the pair for one text is an error rather than half the answer."""
+  step: Any
+  refresh: Any = None
+  due: Any = None
+
+  @property
+  def parts(self) -> dict:
+    return {"step": self.step} if self.refresh is None else {"step": self.step, "refresh": self.refresh}
+
+  def __call__(self, params, opt_state, shard, key):
+    if self.refresh is not None and self.due(opt_state):
+      opt_state = self.refresh(params, opt_state, shard, key)
+    return self.step(params, opt_state, shard, key)
+
+  def compile(self) -> "Program":
+    return Program(*(None if p is None else p.compile() for p in (self.step, self.refresh)), self.due)
+
+  def _single(self, what: str):
+    if self.refresh is not None:
+      raise TypeError(f"this step is two programs (the step and the curvature refresh): take {what} of "
+                      ".step and .refresh")
+    return self.step
+
+  def as_text(self, *args, **kwargs) -> str:
+    return self._single("as_text()").as_text(*args, **kwargs)
+
+  def memory_analysis(self):
+    return self._single("memory_analysis()").memory_analysis()
+
+  def peak_bytes(self) -> int:
+    """Peak bytes per device: arguments + outputs + temporaries - aliased, of the dearer program."""
+    def one(compiled):
+      mem = compiled.memory_analysis()
+      return int(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+                 - mem.alias_size_in_bytes)
+    return max(one(p) for p in self.parts.values())
+
+
 @dataclasses.dataclass
 class Experiment:
   """Everything ``run`` builds before stepping; tests and benchmarks use it directly."""
@@ -128,16 +175,32 @@ class Experiment:
   opt_state: Any                    # global, method's specs
   state_specs: Any
   step_fn: Any                      # jitted shard_map step
+  refresh_fn: Any = None            # jitted shard_map curvature refresh (Method.refresh_step), or None
 
   def key(self, step: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(self.config.seed), step)
 
-  def lower(self):
-    return self.step_fn.lower(self.params, self.opt_state, self.shard, self.key(0))
+  def lower(self) -> Program:
+    args = (self.params, self.opt_state, self.shard, self.key(0))
+    return Program(self.step_fn.lower(*args), self.refresh_fn.lower(*args) if self.refresh_fn else None,
+                   self.method.refresh_due)
 
-  def compile(self, lowered=None):
+  def compile(self, lowered: Program | None = None) -> Program:
     """The compiled step (of ``lowered`` when the caller already lowered it)."""
     return (lowered if lowered is not None else self.lower()).compile()
+
+  def compile_timed(self) -> tuple[Program, Program, dict]:
+    """(lowered, compiled, ``{part: (lower s, compile s)}``): each program lowered and compiled in turn."""
+    args, lowered, compiled, seconds = (self.params, self.opt_state, self.shard, self.key(0)), {}, {}, {}
+    for part, fn in (("step", self.step_fn), ("refresh", self.refresh_fn)):
+      if fn is not None:
+        t0 = time.perf_counter()
+        lowered[part] = fn.lower(*args)
+        t1 = time.perf_counter()
+        compiled[part] = lowered[part].compile()
+        seconds[part] = (t1 - t0, time.perf_counter() - t1)
+    due = self.method.refresh_due
+    return Program(**lowered, due=due), Program(**compiled, due=due), seconds
 
   def time_steps(self, compiled, steps: int):
     """Runs ``steps`` steps from the initial state, blocking each; returns (seconds per step, metrics).
@@ -186,11 +249,14 @@ def build(config, dataset: data.Dataset | None = None, mesh=None) -> Experiment:
     metrics = dict(metrics, param_norm=optax.tree.norm(params))
     return params, opt_state, metrics
 
-  step_fn = jax.jit(
-      jax.shard_map(local_step, mesh=mesh, in_specs=(jax.P(), specs, jax.P(AXIS), jax.P()),
-                    out_specs=(jax.P(), specs, jax.P())),
-      donate_argnums=(0, 1))
-  return Experiment(config, mesh, dataset, model, method, shard, params, opt_state, specs, step_fn)
+  in_specs = (jax.P(), specs, jax.P(AXIS), jax.P())
+  step_fn = jax.jit(jax.shard_map(local_step, mesh=mesh, in_specs=in_specs, out_specs=(jax.P(), specs, jax.P())),
+                    donate_argnums=(0, 1))
+  refresh_fn = None
+  if method.refresh_step is not None:
+    refresh_fn = jax.jit(jax.shard_map(method.refresh_step, mesh=mesh, in_specs=in_specs, out_specs=specs),
+                         donate_argnums=(1,))
+  return Experiment(config, mesh, dataset, model, method, shard, params, opt_state, specs, step_fn, refresh_fn)
 
 
 def evaluate(exp: Experiment, params) -> dict:
@@ -284,23 +350,25 @@ class StepBytes:
     return float(sum(self.of(t) for t in range(1, step + 1)))
 
 
-def measure_branches(method: Method, compiled, report: comm.CommReport) -> StepBytes:
-  """Each branch's payload from the compiled program (``comm.collective_bytes(taken=...)``).
+def measure_branches(method: Method, compiled: Program, report: comm.CommReport) -> StepBytes:
+  """Each branch's payload from the compiled program (``comm.collective_bytes(taken=...)``); a branch
+  with ``"refresh": True`` also runs the separate refresh program, if any, and adds its bytes.
 
-  Raises RuntimeError when the method declares branches but a conditional with differing
-  costs is not decided by them (the byte log would otherwise be a guess).
+  ``report``: the step program's count. Raises RuntimeError when the method declares branches but
+  a conditional with differing costs is not decided by them (the byte log would otherwise be a guess).
   """
+  extra = comm.collective_bytes(compiled.refresh).payload if compiled.refresh is not None else 0.0
   if not method.branches:
-    return StepBytes(report.payload, {}, None)
-  text = compiled.as_text()
+    return StepBytes(report.payload + extra, {}, None)
+  text = compiled.step.as_text()
   by_branch = {}
   for label, taken in method.branches.items():
     measured = comm.collective_bytes(text, taken)
     if measured.unattributed:
       raise RuntimeError(f"cannot attribute the compiled step's conditionals to branch {label!r} "
                          f"({taken}): {'; '.join(measured.unattributed)}")
-    by_branch[label] = measured.payload
-  return StepBytes(report.payload, by_branch, method.branch_of)
+    by_branch[label] = measured.payload + (extra if taken.get("refresh") else 0.0)
+  return StepBytes(report.payload + extra, by_branch, method.branch_of)
 
 
 @dataclasses.dataclass
@@ -356,17 +424,16 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None, *, quiet:
       config.algorithm, exp.method.describe or "", config.model, num_devices, jax.default_backend(),
       jax.process_count(), sum(x.size for x in jax.tree.leaves(exp.params)))
 
-  t0 = time.perf_counter()
-  lowered = exp.lower()
-  compiled = exp.compile(lowered)
-  compile_s = time.perf_counter() - t0
-  report = comm.collective_bytes(compiled)
+  lowered, compiled, seconds = exp.compile_timed()
+  compile_s = sum(sum(s) for s in seconds.values())
+  report = comm.collective_bytes(compiled.step)
   as_sent = _lowered_bytes(lowered, say)
   sent = measure_branches(exp.method, compiled, report)
   branches = "".join(f"; {label} {human_bytes(b)}" for label, b in sent.by_branch.items())
-  say("compiled in %.2f s; measured %s/device/step in the compiled program (largest branch; wire %s; %d collective(s), "
-      "%d array(s))%s; %s in the lowered program's dtypes; analytic %s", compile_s, human_bytes(report.payload),
-      human_bytes(report.wire), report.count, report.arrays, branches,
+  programs = ", ".join(f"{part} {lo + co:.2f} s" for part, (lo, co) in seconds.items())
+  say("compiled in %.2f s (lowering + compilation: %s); measured %s/device/step in the compiled program (largest "
+      "branch; step program: wire %s, %d collective(s), %d array(s))%s; %s in the lowered program's dtypes; analytic %s",
+      compile_s, programs, human_bytes(sent.largest), human_bytes(report.wire), report.count, report.arrays, branches,
       human_bytes(as_sent) if as_sent is not None else "n/a",
       human_bytes(exp.method.analytic_payload) if exp.method.analytic_payload is not None else "n/a")
   for note in report.notes:
@@ -434,7 +501,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None, *, quiet:
   ran = step - start
   final.update(step=step, steps_run=ran, compile_s=compile_s, steps_per_s=chrono.rate(),
                step_time_s=chrono.total_s, eval_s=timers.eval_s, checkpoint_s=timers.checkpoint_s,
-               bytes_per_step=report.payload, max_bytes_per_step=report.payload,
+               bytes_per_step=sent.largest, max_bytes_per_step=sent.largest,
+               compile_s_by_program={part: lo + co for part, (lo, co) in seconds.items()},
                mean_bytes_per_step=cum_bytes / step if step else 0.0, cum_bytes=cum_bytes,
                bytes_per_branch=sent.by_branch or None, wire_bytes_per_step=report.wire,
                bytes_source=report.source, lowered_bytes_per_step=as_sent,
@@ -447,7 +515,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None, *, quiet:
   say("done: step %d | train loss %.5f | test loss %.5f | test accuracy %.4f | %s/step mean (largest %s) | "
       "%.1f steps/s over %d steps (eval %.2f s, checkpoints %.2f s, compile %.2f s)",
       step, final["train_loss"], final["test_loss"], final["test_accuracy"],
-      human_bytes(final["mean_bytes_per_step"]), human_bytes(report.payload), final["steps_per_s"], ran,
+      human_bytes(final["mean_bytes_per_step"]), human_bytes(sent.largest), final["steps_per_s"], ran,
       timers.eval_s, timers.checkpoint_s, compile_s)
   return RunResult(params, opt_state, step, history, final, report, status)
 
@@ -472,11 +540,12 @@ def _check_state_format(workdir: str, current: str, start: int) -> None:
                     "coordinates. Use a new --workdir")
 
 
-def _lowered_bytes(lowered, say) -> float | None:
-  """Collective payload per device counted in the lowered program's dtypes (XLA:CPU sends bf16 as f32,
-  so the compiled count doubles a bf16 payload); a diagnostic, so an unreadable program logs and gives None."""
+def _lowered_bytes(lowered: Program, say) -> float | None:
+  """Collective payload per device counted in the lowered programs' dtypes (XLA:CPU sends bf16 as f32,
+  so the compiled count doubles a bf16 payload), summed over the programs (a refresh step runs both);
+  a diagnostic, so an unreadable program logs and gives None."""
   try:
-    return comm.lowered_collective_bytes(lowered).payload
+    return float(sum(comm.lowered_collective_bytes(p).payload for p in lowered.parts.values()))
   except ValueError as e:
     say("lowered byte count unavailable: %s", e)
     return None

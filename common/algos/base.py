@@ -72,6 +72,11 @@ class Method:
     state_format: how the optimizer state lays out what its shapes do not pin down (e.g. which
       device holds which coordinate); stored in the workdir, and a resume whose code lays the state
       out differently is refused instead of restoring it in the wrong order ("": nothing to record).
+    refresh_step: ``(params, opt_state, shard, key) -> opt_state`` per device, or None: a curvature
+      refresh compiled as its own program (``dho.separate_refresh``), which the loop runs before
+      ``local_step`` on the steps ``refresh_due`` names; ``local_step`` then does not refresh. A branch
+      of ``branches`` with ``"refresh": True`` runs it, so its bytes are the two programs' sum.
+    refresh_due: ``opt_state -> bool`` on the host (read from the state's own step count).
   """
   init_state: Callable[[Any, jax.Array], Any]
   local_step: LocalStep
@@ -82,6 +87,8 @@ class Method:
   branch_of: Callable[[int], str] | None = None
   analytic_branches: dict[str, float] | None = None
   state_format: str = ""
+  refresh_step: Callable[[Any, Any, Shard, jax.Array], Any] | None = None
+  refresh_due: Callable[[Any], bool] | None = None
 
 
 def replicated_specs(tree) -> Any:
@@ -98,7 +105,9 @@ def local_gradient_method(ctx: BuildContext, tx: optax.GradientTransformation, *
                           extra_args_fn: Callable | None = None,
                           state_specs: Callable | None = None,
                           analytic_payload: float | None = None,
-                          describe: str = "") -> Method:
+                          describe: str = "",
+                          refresh_fn: Callable | None = None,
+                          refresh_due: Callable | None = None) -> Method:
   """The standard step: local minibatch, local gradient, ``tx`` does the exchange.
 
   The gradient is taken at ``lax.pcast(params, axis, to="varying")`` so it is this
@@ -115,6 +124,8 @@ def local_gradient_method(ctx: BuildContext, tx: optax.GradientTransformation, *
       leaves that differ per worker (``tx.init`` already gives them a leading axis of size P and
       ``tx.update`` takes each device's row). Default: everything replicated.
     analytic_payload, describe: see ``Method``.
+    refresh_fn: ``(opt_state, params, batch) -> opt_state``, a refresh run as its own program on the
+      step's own minibatch (the same rows ``local_step`` samples); ``refresh_due``: see ``Method``.
   """
   axis = ctx.axis_name
   grad_fn = grad_fn or jax.value_and_grad(ctx.loss_fn)
@@ -132,8 +143,13 @@ def local_gradient_method(ctx: BuildContext, tx: optax.GradientTransformation, *
     params = optax.apply_updates(params, updates)
     return params, opt_state, {"loss": lax.pmean(loss, axis)}
 
+  def refresh_step(params, opt_state, shard, key):
+    batch = sample_batch(shard, worker_key(key, axis), ctx.batch_per_device)
+    return refresh_fn(opt_state, params, batch)
+
   return Method(init_state=init_state, local_step=local_step, state_specs=lambda state: specs(state, axis),
-                analytic_payload=analytic_payload, describe=describe)
+                analytic_payload=analytic_payload, describe=describe,
+                refresh_step=refresh_step if refresh_fn else None, refresh_due=refresh_due)
 
 
 def param_count(params) -> int:
