@@ -36,9 +36,10 @@ def base_config(algorithm: str = "dense") -> ml_collections.ConfigDict:
   c.model = "softmax"          # softmax | mlp | logistic | cnn | transformer
   c.widths = (64,)             # mlp hidden widths (cnn: the Dense head's hidden widths)
   c.channels = (16, 32, 64)    # cnn: channels of its residual stages (stride 2 from the second)
-  c.d_model = 128              # transformer: width; MLP width 4 * d_model
+  c.d_model = 224              # transformer: width; MLP width 4 * d_model
   c.num_heads = 4              # transformer: attention heads (d_model must divide by it)
-  c.num_layers = 5             # transformer: decoder blocks (1,065,600 params with the defaults)
+  c.num_layers = 2             # transformer: decoder blocks (1,339,776 params with the defaults; 2 wide blocks
+                               # rather than 5 of width 128: each program compiles in under 10 s, BUILD_NOTES)
   c.use_bias = True
   # optimisation
   c.algorithm = algorithm      # dense | sfb | sfb_sdca | sign1bit | vr_prox | dho
