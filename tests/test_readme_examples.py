@@ -81,6 +81,28 @@ def test_readme_block_runs_verbatim(heading):
     assert leaf.sharding.is_fully_replicated and bool(jnp.all(jnp.isfinite(leaf)))
 
 
+def test_readme_separate_refresh_block_equals_train_step():
+  """The dho section's second block (the refresh as its own program) gives train_step's iterates: two
+  steps from the same start, the first a scheduled refresh (dho2's W = 1)."""
+  heading = "### `dho`: FOSI and DHO2"
+  text = open(README, encoding="utf-8").read()
+  section = text[text.index(heading + "\n"):]
+  section = section[:section.find("\n### ", len(heading))]
+  split = [b for b in re.findall(r"```python\n(.*?)```", section, re.S) if "def split_step" in b]
+  assert split, "no split_step block in the dho section"
+  scope = {}
+  exec(compile(PRELUDE, "<prelude>", "exec"), scope)
+  exec(compile(readme_block(heading) + split[0], f"<README {heading}>", "exec"), scope)
+  assert scope["refresh"].due(scope["state"])
+  one = two = (scope["params"], scope["state"])
+  for _ in range(2):
+    one = jax.block_until_ready(scope["train_step"](*one, scope["x"], scope["y"]))
+    two = jax.block_until_ready(scope["split_step"](*two, scope["x"], scope["y"]))
+  assert float(jnp.abs(two[1].fosi.eigvals).max()) > 0            # the refresh program ran
+  for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(two)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
+
+
 def test_readme_steps_do_not_stack_state_by_hand():
   for heading in BLOCKS:
     block = readme_block(heading)
