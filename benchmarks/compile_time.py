@@ -41,17 +41,8 @@ def measure(spec: str, sets, timed: int) -> dict:
       target = target[part]
     target[leaf] = json.loads(value)
   exp = train.build(config)
-  args, programs, compiled = (exp.params, exp.opt_state, exp.shard, exp.key(0)), {}, {}
-  for part, fn in (("step", exp.step_fn), ("refresh", exp.refresh_fn)):
-    if fn is None:
-      continue
-    c0, w0 = time.process_time(), time.perf_counter()
-    lowered = fn.lower(*args)
-    c1, w1 = time.process_time(), time.perf_counter()
-    compiled[part] = lowered.compile()
-    c2, w2 = time.process_time(), time.perf_counter()
-    programs[part] = dict(lower_cpu=c1 - c0, lower=w1 - w0, compile_cpu=c2 - c1, compile=w2 - w1)
-  times, _ = exp.time_steps(train.Program(**compiled, due=exp.method.refresh_due), timed)
+  _, compiled, programs = exp.compile_timed()
+  times, _ = exp.time_steps(compiled, timed)
   return dict(config=spec, params=int(sum(x.size for x in jax.tree.leaves(exp.params))), programs=programs,
               step_ms=float(np.median(times[1:] or times)) * 1e3, load=os.getloadavg()[0])
 

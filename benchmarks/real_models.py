@@ -61,7 +61,7 @@ def measure(model: str, arg: str, steps: int, timed: int) -> dict:
   config.num_steps, config.eval_every, config.checkpoint_every = steps, 0, 0
   exp = train.build(config)
   _, compiled, seconds = exp.compile_timed()
-  compile_s = {part: lo + co for part, (lo, co) in seconds.items()}
+  compile_s = {part: s["lower"] + s["compile"] for part, s in seconds.items()}
   sent = train.measure_branches(exp.method, compiled, comm.collective_bytes(compiled.step))
   peak = compiled.peak_bytes()
   times, _ = exp.time_steps(compiled, timed)
@@ -100,6 +100,8 @@ def main(argv=None):
   parser.add_argument("--args", default=",".join(cnn_digits.ARGS))
   parser.add_argument("--steps", type=int, default=100, help="fixed step budget for the loss column")
   parser.add_argument("--timed", type=int, default=6, help="steps timed for the step-time column")
+  parser.add_argument("--name", default="real_models", help="results file benchmarks/results/<name>.md (a partial "
+                      "rerun gets its own file rather than replacing the full table)")
   flags = parser.parse_args(argv)
   jax.config.update("jax_num_cpu_devices", 8)
   rows, plans = [], []
@@ -112,9 +114,10 @@ def main(argv=None):
       print(table(rows), flush=True)
   command = "python -m benchmarks.real_models " + " ".join(sys.argv[1:] if argv is None else argv)
   load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-  text = (f"### Real models (issue 14)\n\n`{command}` (8 simulated CPU devices; host load average at the end "
+  title = "Real models (issue 14)" if flags.name == "real_models" else f"Real models (issue 14): {flags.name}"
+  text = (f"### {title}\n\n`{command}` (8 simulated CPU devices; host load average at the end "
           f"{load}: times are shared-core times, bytes are exact)\n\n" + "\n\n".join(plans) + "\n\n" + table(rows))
-  print("wrote", write_result("real_models", text))
+  print("wrote", write_result(flags.name, text))
 
 
 if __name__ == "__main__":

@@ -190,15 +190,17 @@ class Experiment:
     return (lowered if lowered is not None else self.lower()).compile()
 
   def compile_timed(self) -> tuple[Program, Program, dict]:
-    """(lowered, compiled, ``{part: (lower s, compile s)}``): each program lowered and compiled in turn."""
+    """(lowered, compiled, ``{part: {"lower", "compile", "lower_cpu", "compile_cpu"}}``): each program
+    lowered and compiled in turn, wall seconds and this process's CPU seconds."""
     args, lowered, compiled, seconds = (self.params, self.opt_state, self.shard, self.key(0)), {}, {}, {}
     for part, fn in (("step", self.step_fn), ("refresh", self.refresh_fn)):
       if fn is not None:
-        t0 = time.perf_counter()
+        c0, w0 = time.process_time(), time.perf_counter()
         lowered[part] = fn.lower(*args)
-        t1 = time.perf_counter()
+        c1, w1 = time.process_time(), time.perf_counter()
         compiled[part] = lowered[part].compile()
-        seconds[part] = (t1 - t0, time.perf_counter() - t1)
+        seconds[part] = dict(lower=w1 - w0, compile=time.perf_counter() - w1, lower_cpu=c1 - c0,
+                             compile_cpu=time.process_time() - c1)
     due = self.method.refresh_due
     return Program(**lowered, due=due), Program(**compiled, due=due), seconds
 
@@ -357,9 +359,11 @@ def measure_branches(method: Method, compiled: Program, report: comm.CommReport)
   ``report``: the step program's count. Raises RuntimeError when the method declares branches but
   a conditional with differing costs is not decided by them (the byte log would otherwise be a guess).
   """
-  extra = comm.collective_bytes(compiled.refresh).payload if compiled.refresh is not None else 0.0
   if not method.branches:
-    return StepBytes(report.payload + extra, {}, None)
+    if compiled.refresh is not None:   # every step would log the refresh's bytes
+      raise RuntimeError("a method with a separate refresh program must declare its branches (Method.branches)")
+    return StepBytes(report.payload, {}, None)
+  extra = comm.collective_bytes(compiled.refresh).payload if compiled.refresh is not None else 0.0
   text = compiled.step.as_text()
   by_branch = {}
   for label, taken in method.branches.items():
@@ -425,12 +429,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None, *, quiet:
       jax.process_count(), sum(x.size for x in jax.tree.leaves(exp.params)))
 
   lowered, compiled, seconds = exp.compile_timed()
-  compile_s = sum(sum(s) for s in seconds.values())
+  compile_s = sum(s["lower"] + s["compile"] for s in seconds.values())
   report = comm.collective_bytes(compiled.step)
   as_sent = _lowered_bytes(lowered, say)
   sent = measure_branches(exp.method, compiled, report)
   branches = "".join(f"; {label} {human_bytes(b)}" for label, b in sent.by_branch.items())
-  programs = ", ".join(f"{part} {lo + co:.2f} s" for part, (lo, co) in seconds.items())
+  programs = ", ".join(f"{part} {s['lower'] + s['compile']:.2f} s" for part, s in seconds.items())
   say("compiled in %.2f s (lowering + compilation: %s); measured %s/device/step in the compiled program (largest "
       "branch; step program: wire %s, %d collective(s), %d array(s))%s; %s in the lowered program's dtypes; analytic %s",
       compile_s, programs, human_bytes(sent.largest), human_bytes(report.wire), report.count, report.arrays, branches,
@@ -502,7 +506,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None, *, quiet:
   final.update(step=step, steps_run=ran, compile_s=compile_s, steps_per_s=chrono.rate(),
                step_time_s=chrono.total_s, eval_s=timers.eval_s, checkpoint_s=timers.checkpoint_s,
                bytes_per_step=sent.largest, max_bytes_per_step=sent.largest,
-               compile_s_by_program={part: lo + co for part, (lo, co) in seconds.items()},
+               compile_s_by_program={part: s["lower"] + s["compile"] for part, s in seconds.items()},
                mean_bytes_per_step=cum_bytes / step if step else 0.0, cum_bytes=cum_bytes,
                bytes_per_branch=sent.by_branch or None, wire_bytes_per_step=report.wire,
                bytes_source=report.source, lowered_bytes_per_step=as_sent,

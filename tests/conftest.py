@@ -54,6 +54,8 @@ SLOW_TIER = {
     "tests/test_models.py::test_cnn_row_losses_do_not_depend_on_the_rest_of_the_batch": "test_real_models dense sharded step == single-device step [cnn]; 31 s",
     "tests/test_real_models.py::test_every_algorithm_arg_takes_two_steps[cnn-dense]": "test_harness_configs[cnn_digits] (the same config, 3 steps); 16 s",
     "tests/test_real_models.py::test_every_algorithm_arg_takes_two_steps[transformer-dense]": "test_harness_configs[transformer_text], bpc: test_validation_bits_per_character_match_numpy; 12 s",
+    # the refresh as its own program: fosi and dho2 with a curvature delay stay
+    "tests/test_dho_separate_refresh.py::test_separate_refresh_equals_in_step[dho2]": "test_readme_examples split_step (dho2, W = 1) == train_step; 20 s",
 }
 
 

@@ -29,7 +29,7 @@ def _no_densify(x, rows=None):
 def _run(densify: bool) -> dict:
   """``train.run`` of ``_config()`` with its Experiment and compiled step caught on the way; the
   sparse run fails if anything densifies, the dense one gets the same rows densified."""
-  seen, build, compile_ = {}, train.build, train.Experiment.compile
+  seen, build, compile_timed = {}, train.build, train.Experiment.compile_timed
 
   def spy_build(config, dataset=None, mesh=None):
     if densify:
@@ -38,13 +38,13 @@ def _run(densify: bool) -> dict:
     seen["exp"] = build(config, dataset, mesh)
     return seen["exp"]
 
-  def spy_compile(self, lowered=None):
-    seen["compiled"] = compile_(self, lowered)
-    return seen["compiled"]
+  def spy_compile(self):
+    lowered, seen["compiled"], seconds = compile_timed(self)
+    return lowered, seen["compiled"], seconds
 
   with pytest.MonkeyPatch.context() as mp:
     mp.setattr(train, "build", spy_build)
-    mp.setattr(train.Experiment, "compile", spy_compile)
+    mp.setattr(train.Experiment, "compile_timed", spy_compile)
     if not densify:
       mp.setattr(data, "dense", _no_densify)
     seen["result"] = train.run(_config(), quiet=True)
