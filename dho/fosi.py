@@ -14,11 +14,11 @@ The curvature (``dho.curvature``: the Lanczos-pairs estimator, the refresh predi
 so there is one compiled step; the measured bytes of that step count the refresh branch (the
 dearest) and XLA keeps both branches' buffers. The curvature batch is the optax extra argument
 ``batch`` of the same call. A caller may instead run the refresh as its own program
-(``separate_refresh(tx)``): on a scheduled
-call it runs ``refresh(state, params, batch)`` and then ``update(..., refresh=False)``, which is the
-same arithmetic as the in-step refresh in two smaller programs (on the CNN of ``configs/cnn_digits.py``
-the one program took 15.6 s to lower and compile, the two take 6.1 s and 11.2 s). ``dho2(admm="consensus")`` is consensus ADMM with its own
-constructor and state (``consensus_admm``, ``ConsensusState``).
+(``separate_refresh(tx)``): on a scheduled call it runs ``refresh(state, params, batch)`` and then
+``update(..., refresh=False)``, the same arithmetic as the in-step refresh in two smaller programs
+(on the CNN of ``configs/cnn_digits.py`` the one program took 15.6 s to lower and compile, the two
+take 6.1 s and 11.2 s). ``dho2(admm="consensus")`` is consensus ADMM with its own constructor and
+state (``consensus_admm``, ``ConsensusState``).
 
 State layout. ``init`` returns the global layout: the leaves that differ per device (DHO2's
 coordinate slices, consensus ADMM's per-replica iterate, dual, velocity and base state) carry a
