@@ -180,10 +180,15 @@ class Experiment:
   def key(self, step: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(self.config.seed), step)
 
+  def _jitted(self) -> dict:
+    return {"step": self.step_fn} if self.refresh_fn is None else {"step": self.step_fn, "refresh": self.refresh_fn}
+
+  def _example_args(self):
+    return self.params, self.opt_state, self.shard, self.key(0)
+
   def lower(self) -> Program:
-    args = (self.params, self.opt_state, self.shard, self.key(0))
-    return Program(self.step_fn.lower(*args), self.refresh_fn.lower(*args) if self.refresh_fn else None,
-                   self.method.refresh_due)
+    return Program(**{part: fn.lower(*self._example_args()) for part, fn in self._jitted().items()},
+                   due=self.method.refresh_due)
 
   def compile(self, lowered: Program | None = None) -> Program:
     """The compiled step (of ``lowered`` when the caller already lowered it)."""
@@ -192,15 +197,14 @@ class Experiment:
   def compile_timed(self) -> tuple[Program, Program, dict]:
     """(lowered, compiled, ``{part: {"lower", "compile", "lower_cpu", "compile_cpu"}}``): each program
     lowered and compiled in turn, wall seconds and this process's CPU seconds."""
-    args, lowered, compiled, seconds = (self.params, self.opt_state, self.shard, self.key(0)), {}, {}, {}
-    for part, fn in (("step", self.step_fn), ("refresh", self.refresh_fn)):
-      if fn is not None:
-        c0, w0 = time.process_time(), time.perf_counter()
-        lowered[part] = fn.lower(*args)
-        c1, w1 = time.process_time(), time.perf_counter()
-        compiled[part] = lowered[part].compile()
-        seconds[part] = dict(lower=w1 - w0, compile=time.perf_counter() - w1, lower_cpu=c1 - c0,
-                             compile_cpu=time.process_time() - c1)
+    args, lowered, compiled, seconds = self._example_args(), {}, {}, {}
+    for part, fn in self._jitted().items():
+      c0, w0 = time.process_time(), time.perf_counter()
+      lowered[part] = fn.lower(*args)
+      c1, w1 = time.process_time(), time.perf_counter()
+      compiled[part] = lowered[part].compile()
+      seconds[part] = dict(lower=w1 - w0, compile=time.perf_counter() - w1, lower_cpu=c1 - c0,
+                           compile_cpu=time.process_time() - c1)
     due = self.method.refresh_due
     return Program(**lowered, due=due), Program(**compiled, due=due), seconds
 

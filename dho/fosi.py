@@ -16,8 +16,8 @@ dearest) and XLA keeps both branches' buffers. The curvature batch is the optax 
 ``batch`` of the same call. A caller may instead run the refresh as its own program
 (``separate_refresh(tx)``): on a scheduled call it runs ``refresh(state, params, batch)`` and then
 ``update(..., refresh=False)``, the same arithmetic as the in-step refresh in two smaller programs
-(on the CNN of ``configs/cnn_digits.py`` the one program took 15.6 s to lower and compile, the two
-take 6.1 s and 11.2 s). ``dho2(admm="consensus")`` is consensus ADMM with its own constructor and
+(``benchmarks.compile_time`` on the CNN of ``configs/cnn_digits.py``: the one program took 15.6 s to
+lower and compile, the two take 6.1 s and 11.2 s). ``dho2(admm="consensus")`` is consensus ADMM with its own constructor and
 state (``consensus_admm``, ``ConsensusState``).
 
 State layout. ``init`` returns the global layout: the leaves that differ per device (DHO2's
@@ -320,7 +320,7 @@ def _refreshed(setup: _Setup, state, params, batch, dt, refresh=None):
     return setup.refresh(count, params, batch, fs.pairs, dt, refresh=refresh), pending, pending_at
   pending = setup.refresh(count, params, batch, pending, dt, refresh=refresh)
   due = setup.due(count, refresh)
-  if not (isinstance(due, bool) and not due):
+  if due is not False:
     pending_at = jnp.where(due, count + setup.curvature_delay, pending_at)
   return fs.pairs, pending, pending_at
 

@@ -135,8 +135,11 @@ def local_gradient_method(ctx: BuildContext, tx: optax.GradientTransformation, *
     del key
     return tx.init(params)
 
+  def local_batch(shard, key):   # this device's minibatch of the step (the refresh sees the same rows)
+    return sample_batch(shard, worker_key(key, axis), ctx.batch_per_device)
+
   def local_step(params, opt_state, shard, key):
-    batch = sample_batch(shard, worker_key(key, axis), ctx.batch_per_device)
+    batch = local_batch(shard, key)
     loss, grads = grad_fn(lax.pcast(params, axis, to="varying"), batch)
     extra = extra_args_fn(params, batch, key) if extra_args_fn else {}
     updates, opt_state = tx.update(grads, opt_state, params, **extra)
@@ -144,8 +147,7 @@ def local_gradient_method(ctx: BuildContext, tx: optax.GradientTransformation, *
     return params, opt_state, {"loss": lax.pmean(loss, axis)}
 
   def refresh_step(params, opt_state, shard, key):
-    batch = sample_batch(shard, worker_key(key, axis), ctx.batch_per_device)
-    return refresh_fn(opt_state, params, batch)
+    return refresh_fn(opt_state, params, local_batch(shard, key))
 
   return Method(init_state=init_state, local_step=local_step, state_specs=lambda state: specs(state, axis),
                 analytic_payload=analytic_payload, describe=describe,

@@ -159,8 +159,8 @@ def build(config, ctx: BuildContext) -> Method:
     describe = (f"{a.variant}: k={a.k} l={a.l} m={a.m or 4 * (a.k + a.l)} T={a.refresh_every} alpha={a.alpha} "
                 f"on {config.optimizer}(lr={config.lr}); analytic bytes/device: {analytic['plain']} plain step, "
                 f"{analytic['refresh+plain']} refresh step; each step logs the bytes of the branch it takes")
-  # the refresh compiles as its own program (each of the two compiles in about half the one-program time);
-  # consensus ADMM keeps its in-step refresh (it also gathers the eigenvector rows)
+  # the refresh compiles as its own program (the step without the HVP loop compiles in under half the
+  # one-program time); consensus ADMM keeps its in-step refresh (it also gathers the eigenvector rows)
   separate = dho.separate_refresh(tx) if not consensus and a.k + a.l > 0 else None
   extra = {"refresh": False} if separate else {}
   method = local_gradient_method(
