@@ -33,15 +33,11 @@ def measure(spec: str, sets, timed: int) -> dict:
 
   name, _, arg = spec.partition(":")
   config = cli.load_config(os.path.join("configs", f"{name}.py") + (f":{arg}" if arg else ""))
-  for item in sets:   # a dotted field (algo.k=0) sets it in the sub-config
-    field, _, value = item.partition("=")
-    *path, leaf = field.split(".")
-    target = config
-    for part in path:
-      target = target[part]
-    target[leaf] = json.loads(value)
+  cli.apply_overrides(config, [tuple(item.split("=", 1)) for item in sets], say=lambda *a: None)
   exp = train.build(config)
   _, compiled, programs = exp.compile_timed()
+  for part, program in compiled.parts.items():   # XLA:CPU compiles one kernel per fusion
+    programs[part]["fusions"] = program.as_text().count(" fusion(")
   times, _ = exp.time_steps(compiled, timed)
   return dict(config=spec, params=int(sum(x.size for x in jax.tree.leaves(exp.params))), programs=programs,
               step_ms=float(np.median(times[1:] or times)) * 1e3, load=os.getloadavg()[0])
@@ -49,7 +45,8 @@ def measure(spec: str, sets, timed: int) -> dict:
 
 def line(r: dict, xla_flags: str) -> str:
   parts = "; ".join(f"{part}: lower {p['lower_cpu']:.1f} CPU-s ({p['lower']:.1f} s wall), compile "
-                    f"{p['compile_cpu']:.1f} CPU-s ({p['compile']:.1f} s wall), total {p['lower'] + p['compile']:.1f} s wall"
+                    f"{p['compile_cpu']:.1f} CPU-s ({p['compile']:.1f} s wall), total {p['lower'] + p['compile']:.1f} s wall, "
+                    f"{p['fusions']} fusions"
                     for part, p in r["programs"].items())
   return (f"{r['config']} [{xla_flags or 'default flags'}] {r['params']:,} params: {parts}; step median "
           f"{r['step_ms']:.0f} ms; load average {r['load']:.1f}")
@@ -82,7 +79,7 @@ def main(argv=None):
   parser.add_argument("--real_models", action="store_true", help="every arg of cnn_digits and transformer_text")
   parser.add_argument("--xla_flags", default="", help="extra XLA_FLAGS")
   parser.add_argument("--set", action="append", default=[],
-                      help="field=JSON value, e.g. num_layers=2 or algo.k=0")
+                      help="field=value as --config.field=value takes it, e.g. num_layers=2 or algo.k=0")
   parser.add_argument("--timed", type=int, default=6)
   parser.add_argument("--write", action="store_true", help="write benchmarks/results/compile_time.md")
   parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)   # one config, result as JSON

@@ -30,6 +30,6 @@ def text_transformer(config):
 
 
 def get_config(arg=None):
-  # sign_lr 0.03: at 0.1 the 1-bit GC run on the 2-block default ended 50 steps at test loss 6.33 nats/byte
-  # (above the uniform 5.55; its sampled losses oscillated 3.6-4.7), at 0.03 at 3.49, descending
+  # sign_lr 0.03: at 0.1 the 1-bit GC run on the 2-block default ended 50 steps at test loss 6.33 nats/byte,
+  # above the uniform ln 256 = 5.55; at 0.03 at 3.49 (benchmarks.real_models, BUILD_NOTES "Real models")
   return with_algorithm(arg, text_transformer, adam_lr=2e-3, sign_lr=0.03, sign_rows=128, k=4)
