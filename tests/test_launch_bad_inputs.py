@@ -1,9 +1,12 @@
-"""Bad command lines through ``launch.py`` (and the plot CLI) as real subprocesses.
+"""Bad command lines through ``launch.py`` (and the plot CLI).
 
 Each must exit non-zero with exactly one ``error:`` line, as the last line, naming the flag or
-field, and no traceback. Each case is its own command line; they run three at a time. Cases
-marked ``FAST`` must be refused before JAX is imported (under ~2 s on 2 busy cores; measured
-0.5 s on an idle one), the others before anything compiles.
+field, and no traceback. Every case runs through ``launch.main`` in one batch process
+(``tests/launch_batch.py``: flags reset and stdout/stderr captured per case, the cases refused
+before JAX first); the cases in ``SUBPROCESS`` also run as their own ``python launch.py``
+processes, three at a time, next to the batch. Cases marked ``FAST`` must be refused before JAX
+is imported (the batch checks ``sys.modules``; their own processes take under ~2 s on 2 busy
+cores, measured 0.5 s on an idle one), the others before anything compiles.
 """
 import concurrent.futures
 import json
@@ -99,22 +102,45 @@ CASES = [
 ]
 
 
+# End-to-end: launch.py itself, as its own process (refused before JAX, and after JAX is imported).
+SUBPROCESS = ("missing_config", "process_id_out_of_range", "misspelt_field", "lr_text", "too_few_rows",
+              "dho_negative_k")
+
+
+def _with_workdir(args, workdir):
+  return args if "--workdir" in args else [*args, "--workdir", workdir]
+
+
 def _launch(args, workdir):
-  if "--workdir" not in args:
-    args = [*args, "--workdir", workdir]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   start = time.monotonic()
-  proc = subprocess.run([sys.executable, "launch.py", *args], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=300)
+  proc = subprocess.run([sys.executable, "launch.py", *_with_workdir(args, workdir)], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
   return proc, time.monotonic() - start
+
+
+def _batch(base):
+  """Every case through ``launch.main`` in one process (``tests/launch_batch.py``), FAST ones first."""
+  order = sorted(CASES, key=lambda c: not c[3])
+  (base / "cases.json").write_text(json.dumps([_with_workdir(args, str(base / name)) for name, args, _, _ in order]))
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "launch_batch.py"), str(base / "cases.json"),
+                         str(base / "results.json")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads((base / "results.json").read_text())
+  return {name: (subprocess.CompletedProcess(args, r["returncode"], r["stdout"], r["stderr"]), r)
+          for (name, args, _, _), r in zip(order, results)}
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
+  """name -> (batch result, batch record); and name -> (process, seconds) for the SUBPROCESS cases."""
   base = tmp_path_factory.mktemp("bad")
   with concurrent.futures.ThreadPoolExecutor(3) as pool:
-    futures = {name: pool.submit(_launch, args, str(base / name)) for name, args, _, _ in CASES}
-    return {name: f.result() for name, f in futures.items()}
+    (base / "batch").mkdir()
+    batch = pool.submit(_batch, base / "batch")
+    futures = {name: pool.submit(_launch, args, str(base / name)) for name, args, _, _ in CASES if name in SUBPROCESS}
+    return batch.result(), {name: f.result() for name, f in futures.items()}
 
 
 def _assert_one_line(proc, says):
@@ -130,13 +156,27 @@ def test_there_are_at_least_sixty_cases():
   assert len(CASES) >= 60
 
 
+def test_subprocess_cases_exist_and_include_both_kinds():
+  fast = {name: fast for name, _, _, fast in CASES}
+  assert set(SUBPROCESS) <= set(fast) and {fast[n] for n in SUBPROCESS} == {True, False}
+
+
 @pytest.mark.parametrize("name,args,says,fast", CASES, ids=[c[0] for c in CASES])
 def test_bad_command_line_is_one_line(results, name, args, says, fast):
-  proc, seconds = results[name]
+  batch, processes = results
+  proc, record = batch[name]
   _assert_one_line(proc, says)
   if fast:   # refused before JAX: nothing but the error line, quickly
+    assert not record["jax_before"], "an earlier case imported JAX, so this one cannot be checked"
+    assert not record["jax_after"], "JAX was imported"
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert seconds < 10, seconds
+    assert record["seconds"] < 10, record["seconds"]
+  if name in SUBPROCESS:
+    proc, seconds = processes[name]
+    _assert_one_line(proc, says)
+    if fast:
+      assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+      assert seconds < 10, seconds
 
 
 def test_changed_widths_on_resume_is_refused_before_the_workdir_is_touched(tmp_path):
