@@ -5,6 +5,8 @@ its axes (``sfb.contraction``); every check compares against an independent refe
 single-device ``jax.grad`` on the global batch, the dense data-parallel step, and the bytes of
 the compiled program.
 """
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -74,9 +76,16 @@ class TinyCNN(nn.Module):
 
 
 def _lm(attention="flax"):
+  return _lm_of(attention)
+
+
+# Built once per module and initialised by one compiled program (op-by-op flax init compiles every
+# initializer on its own: ~30 s for TinyLM on 2 busy cores); the checks hold for any parameters.
+@functools.cache
+def _lm_of(attention):
   model = TinyLM(attention)
   tokens = jax.random.randint(jax.random.key(1), (B, T + 1), 0, VOCAB)
-  params = model.init(jax.random.key(0), tokens[:, :T])
+  params = jax.jit(model.init)(jax.random.key(0), tokens[:, :T])
 
   def loss_fn(params, tokens):
     logits = model.apply(params, tokens[:, :-1])
@@ -85,16 +94,22 @@ def _lm(attention="flax"):
   return loss_fn, params, (tokens,)
 
 
+@functools.cache
 def _cnn():
   model = TinyCNN()
   kx, ky = jax.random.split(jax.random.key(2))
   x, y = jax.random.normal(kx, (B, 8, 8, 1)), jax.random.randint(ky, (B,), 0, 10)
-  params = model.init(jax.random.key(0), x[:1])
+  params = jax.jit(model.init)(jax.random.key(0), x[:1])
 
   def loss_fn(params, x, y):
     return optax.softmax_cross_entropy_with_integer_labels(model.apply(params, x), y).mean()
 
   return loss_fn, params, (x, y)
+
+
+def _single_device_grad(loss_fn):
+  """The reference: ``jax.grad`` of the loss on the global batch, on one device (compiled, not op by op)."""
+  return jax.jit(jax.grad(loss_fn))
 
 
 def _sharded(body, n_args, out_specs=jax.P()):
@@ -213,7 +228,7 @@ def test_projections_of_one_input_share_v_and_a_plan_for_other_inputs_is_refused
   a plan made for self-attention does not fit cross-attention (its bytes would be wrong)."""
   mha = nn.MultiHeadDotProductAttention(2, qkv_features=8)
   x, kv = jax.random.normal(jax.random.key(0), (2, 3, 8)), jax.random.normal(jax.random.key(1), (2, 3, 8))
-  params = mha.init(jax.random.key(2), x)
+  params = jax.jit(mha.init)(jax.random.key(2), x)
   self_loss = lambda p, x, kv: jnp.mean(mha.apply(p, x) ** 2)
   cross_loss = lambda p, x, kv: jnp.mean(mha.apply(p, x, kv) ** 2)
   plan = sfb.plan(self_loss, params, x, kv, num_devices=1, rule="always")
@@ -222,7 +237,7 @@ def test_projections_of_one_input_share_v_and_a_plan_for_other_inputs_is_refused
   _, grads = sfb.factored_value_and_grad(self_loss, plan)(params, x, kv)
   assert grads["params"]["key"]["kernel"].v is grads["params"]["query"]["kernel"].v
   got = sfb.sfb_mean_gradient(grads, None, params)
-  assert _rel_err(got, jax.grad(self_loss)(params, x, kv)) <= 1e-6
+  assert _rel_err(got, _single_device_grad(self_loss)(params, x, kv)) <= 1e-6
   cross = sfb.plan(cross_loss, params, x, kv, num_devices=1, rule="always")
   assert [l.shares_input for l in cross.layers] == ["", "", "key", ""]
   with pytest.raises(ValueError, match="layer key shares its input with query in the loss the plan was made"):
@@ -257,7 +272,7 @@ def test_transformer_attention_projections_factor_exactly_with_measured_bytes(at
     assert f"{prefix}/{proj}" in plan.table()
   assert len(plan.layers) == 7
   fn = _mean_gradient_fn(loss_fn, plan, 1)
-  assert _rel_err(fn(params, *args), jax.grad(loss_fn)(params, *args)) <= 1e-5
+  assert _rel_err(fn(params, *args), _single_device_grad(loss_fn)(params, *args)) <= 1e-5
   report = collective_bytes(fn.lower(params, *args).compile())
   assert report.payload == sfb.payload_bytes(plan), report.summary()
   gathered = sum(c.elements * c.count for c in report.of_kind("all-gather"))
@@ -274,7 +289,7 @@ def test_cnn_conv_kernels_dense_head_factored_with_measured_bytes():
   conv_floats = sum(a.size for k in ("Conv_0", "Conv_1") for a in jax.tree.leaves(params["params"][k]))
   assert plan.other_floats == conv_floats
   fn = _mean_gradient_fn(loss_fn, plan, 2)
-  assert _rel_err(fn(params, *args), jax.grad(loss_fn)(params, *args)) <= 1e-5
+  assert _rel_err(fn(params, *args), _single_device_grad(loss_fn)(params, *args)) <= 1e-5
   report = collective_bytes(fn.lower(params, *args).compile())
   assert report.payload == sfb.payload_bytes(plan), report.summary()
   assert not dense_allreduce_present(report, 8 * 8 * 8 * 32), report.summary()
