@@ -8,7 +8,7 @@
 
 Prints process CPU seconds (less sensitive to other jobs on the host than wall seconds) and wall
 seconds for ``lower`` and ``compile`` of each program (fosi / dho2: the step and the separate
-curvature refresh, ``dho.separate_refresh``), then the median of ``--timed`` blocking steps, on 8
+curvature refresh's one-iteration and finish programs, ``dho.separate_refresh``), then the median of ``--timed`` blocking steps, on 8
 simulated CPU devices. Each config is measured in its own process (nothing cached from the one
 before). ``--write`` puts the table in ``benchmarks/results/compile_time.md``.
 """
@@ -60,9 +60,11 @@ def table(rows, cmd: str, load_before: float, seconds: float) -> str:
            f"Command: `{cmd}` on cpu ({os.cpu_count()} cores; 8 simulated devices), {seconds:.0f} s, one process per "
            f"config; 1-min load average {load_before:.1f} before, {rows[-1]['load']:.1f} after. Per program: lowering "
            "(tracing to StableHLO) and XLA compilation, wall seconds, with the process CPU seconds in parentheses (XLA "
-           "compiles kernels on both cores, so CPU-s exceed wall). fosi and dho2 compile two programs: the step "
-           "(`update(..., refresh=False)`) and the curvature refresh (`dho.separate_refresh`), which the harness runs "
-           "before the step on refresh steps. Step: median of the timed blocking steps (refresh steps included when "
+           "compiles kernels on both cores, so CPU-s exceed wall). fosi and dho2 compile three programs: the step "
+           "(`update(..., refresh=False)`) and the curvature refresh's (`dho.separate_refresh`): `refresh_iterate`, one "
+           "Lanczos iteration (one Hessian-vector product), which the harness runs m times before the step on refresh "
+           "steps, then `refresh_finish`, the Ritz pairs into the state. Step: median of the timed blocking steps "
+           "(refresh steps included when "
            f"due). Target: under {TARGET_S:.0f} s per program; largest here {worst:.1f} s"
            + (f"; at or over it: {', '.join(over)}." if over else "; every program is under it."), "",
            "| config | params | program | lower (s) | compile (s) | total (s) | step (ms) |", "|---|---|---|---|---|---|---|"]

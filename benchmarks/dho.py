@@ -90,7 +90,8 @@ def memory_rows(widths=(256, 256), k=10, m=40):
       exp = train.build(config, mesh=mesh_lib.make_mesh(p))
       compiled = exp.compile()
       sent = train.measure_branches(exp.method, compiled, comm.collective_bytes(compiled.step))
-      # the basis lives in the refresh program (its own program since dho.separate_refresh): the dearer temp
+      # the program with the largest temp (since dho.separate_refresh runs one Lanczos iteration per program,
+      # the basis is an argument of refresh_iterate, not a temporary; dho_memory.md predates that)
       mem = max((p.memory_analysis() for p in compiled.parts.values()), key=lambda m: m.temp_size_in_bytes)
       fs = exp.opt_state.fosi if hasattr(exp.opt_state, "fosi") else exp.opt_state
       n = sum(x.size for x in jax.tree.leaves(exp.params))

@@ -5,11 +5,12 @@
 
 For each model: the parameter count and ``sfb.plan``'s per-layer table (SFB vs dense floats);
 for each (model, arg): lowering + compilation time of each program (fosi and dho2 compile their
-curvature refresh as a second program, ``dho.separate_refresh``), measured payload bytes per device
-per step (``common.comm``; the largest branch, a refresh step's two programs summed) next to the
+curvature refresh apart from the step, ``dho.separate_refresh``: one Lanczos iteration, run m times,
+and the finish), measured payload bytes per device per step (``common.comm``; the largest branch, a
+refresh step's programs summed, each as often as it runs) next to the
 algorithm's analytic figure, steady step time and its ratio to dense on the same mesh (median of the
 timed steps, blocking each), peak per-device memory from ``memory_analysis()`` (arguments + outputs
-− aliased + temporaries, of the dearer program), and the loss after a
+− aliased + temporaries, of the dearest program), and the loss after a
 fixed budget of steps (``--steps``; validation bits per character for the transformer). Writes
 ``benchmarks/results/real_models.md`` with the command and the host's load average, since the
 simulated devices share the host's cores.

@@ -7,8 +7,8 @@
      params (``P()``) and optimizer state (the method's
      specs) as global arrays, restoring the latest checkpoint of ``workdir`` if there is one;
   4. compile one ``jit(shard_map(method.local_step))`` program (and, for a method with a separate
-     curvature refresh, ``method.refresh_step`` as a second program the host runs first on the
-     steps it is due) and measure their collective bytes;
+     curvature refresh, ``method.refresh``'s programs: one Lanczos iteration and the finish, which
+     the host runs first on the steps it is due) and measure their collective bytes;
   5. step, blocking on every step's metrics (CPU collectives deadlock when steps queue up),
      logging steps/s and ETA without compile time, evaluating, checkpointing, and stopping
      with a clear message on a non-finite loss or parameter norm while keeping the last good
@@ -24,7 +24,7 @@ import json
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +34,7 @@ import optax
 from absl import logging
 
 from common import algos, comm, data, fields, mesh as mesh_lib, models
-from common.algos.base import AXIS, BuildContext, Method, replicated_specs
+from common.algos.base import AXIS, BuildContext, Method, Refresh, replicated_specs
 from common.errors import EXIT_PEER, ConfigError, FlagError, PeerError
 from common.metrics import Chronometer, MetricWriter, human_bytes, human_time
 
@@ -119,32 +119,46 @@ def load_dataset(config) -> data.Dataset:
 # ----------------------------------------------------------------------------- building
 @dataclasses.dataclass(frozen=True)
 class Program:
-  """A run's step as programs: ``step`` (``jit(shard_map(method.local_step))``) and, for a method with
-  a separate curvature refresh (``Method.refresh_step``), ``refresh``, which runs before ``step`` on the
-  calls ``due(opt_state)`` names. Holds lowered or compiled programs (``Experiment.lower`` /
+  """A run's step as programs: ``step`` (``jit(shard_map(method.local_step))``) and, for a method
+  with a separate curvature refresh (``Method.refresh``), ``refresh_iterate`` (one Lanczos
+  iteration) and ``refresh_finish`` (the pairs into the optimizer state), which run before ``step``
+  on the calls ``refresh.due(opt_state)`` names: ``iterate`` ``refresh.iterations`` times from
+  ``lanczos0()``, then ``finish``. Holds lowered or compiled programs (``Experiment.lower`` /
   ``compile``); calling a compiled one runs one training step. A single program also answers
-  ``as_text`` / ``memory_analysis`` (so ``comm.collective_bytes`` takes it); two must be read part by
-  part (``parts``), and asking the pair for one text is an error rather than half the answer."""
+  ``as_text`` / ``memory_analysis`` (so ``comm.collective_bytes`` takes it); several must be read
+  part by part (``parts``; ``runs_per_refresh`` weighs them), and asking for one text is an error
+  rather than part of the answer."""
   step: Any
-  refresh: Any = None
-  due: Any = None
+  refresh_iterate: Any = None
+  refresh_finish: Any = None
+  refresh: Refresh | None = None
+  lanczos0: Callable[[], Any] | None = None     # a fresh placed start state for each refresh
 
   @property
   def parts(self) -> dict:
-    return {"step": self.step} if self.refresh is None else {"step": self.step, "refresh": self.refresh}
+    return {part: p for part in ("step", "refresh_iterate", "refresh_finish")
+            if (p := getattr(self, part)) is not None}
+
+  @property
+  def runs_per_refresh(self) -> dict:
+    """How often each refresh program runs in one refresh."""
+    return {"refresh_iterate": self.refresh.iterations, "refresh_finish": 1} if self.refresh else {}
 
   def __call__(self, params, opt_state, shard, key):
-    if self.refresh is not None and self.due(opt_state):
-      opt_state = self.refresh(params, opt_state, shard, key)
+    if self.refresh is not None and self.refresh.due(opt_state):
+      lanczos = self.lanczos0()
+      for _ in range(self.refresh.iterations):   # blocking: queued CPU collectives can deadlock
+        lanczos = jax.block_until_ready(self.refresh_iterate(params, lanczos, shard, key))
+      opt_state = self.refresh_finish(params, opt_state, lanczos)
     return self.step(params, opt_state, shard, key)
 
   def compile(self) -> "Program":
-    return Program(*(None if p is None else p.compile() for p in (self.step, self.refresh)), self.due)
+    return dataclasses.replace(self, **{part: p.compile() for part, p in self.parts.items()})
 
   def _single(self, what: str):
     if self.refresh is not None:
-      raise TypeError(f"this step is two programs (the step and the curvature refresh): take {what} of "
-                      ".step and .refresh")
+      raise TypeError(f"this step is several programs (the step and the curvature refresh's): take {what} of "
+                      "each of .parts")
     return self.step
 
   def as_text(self, *args, **kwargs) -> str:
@@ -154,12 +168,16 @@ class Program:
     return self._single("memory_analysis()").memory_analysis()
 
   def peak_bytes(self) -> int:
-    """Peak bytes per device: arguments + outputs + temporaries - aliased, of the dearer program."""
+    """Peak bytes per device: arguments + outputs + temporaries - aliased, of the dearest program."""
     def one(compiled):
       mem = compiled.memory_analysis()
       return int(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
                  - mem.alias_size_in_bytes)
     return max(one(p) for p in self.parts.values())
+
+  def refresh_payload(self, count: Callable[[Any], float]) -> float:
+    """A refresh's bytes per device: ``count(program)`` of each refresh program times its runs."""
+    return float(sum(count(self.parts[part]) * runs for part, runs in self.runs_per_refresh.items()))
 
 
 @dataclasses.dataclass
@@ -175,20 +193,29 @@ class Experiment:
   opt_state: Any                    # global, method's specs
   state_specs: Any
   step_fn: Any                      # jitted shard_map step
-  refresh_fn: Any = None            # jitted shard_map curvature refresh (Method.refresh_step), or None
+  refresh_fns: dict | None = None   # jitted shard_map refresh_iterate / refresh_finish (Method.refresh)
+  lanczos0: Any = None              # the refresh's placed start state (global layout)
 
   def key(self, step: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(self.config.seed), step)
 
   def _jitted(self) -> dict:
-    return {"step": self.step_fn} if self.refresh_fn is None else {"step": self.step_fn, "refresh": self.refresh_fn}
+    """{part: (jitted program, example arguments)}."""
+    step_args = (self.params, self.opt_state, self.shard, self.key(0))
+    if self.refresh_fns is None:
+      return {"step": (self.step_fn, step_args)}
+    return {"step": (self.step_fn, step_args),
+            "refresh_iterate": (self.refresh_fns["refresh_iterate"], (self.params, self.lanczos0, self.shard, self.key(0))),
+            "refresh_finish": (self.refresh_fns["refresh_finish"], (self.params, self.opt_state, self.lanczos0))}
 
-  def _example_args(self):
-    return self.params, self.opt_state, self.shard, self.key(0)
+  def _program(self, parts: dict) -> Program:
+    if self.refresh_fns is None:
+      return Program(**parts)
+    fresh = lambda: jax.tree.map(jnp.copy, self.lanczos0)   # iterate donates its input
+    return Program(**parts, refresh=self.method.refresh, lanczos0=fresh)
 
   def lower(self) -> Program:
-    return Program(**{part: fn.lower(*self._example_args()) for part, fn in self._jitted().items()},
-                   due=self.method.refresh_due)
+    return self._program({part: fn.lower(*args) for part, (fn, args) in self._jitted().items()})
 
   def compile(self, lowered: Program | None = None) -> Program:
     """The compiled step (of ``lowered`` when the caller already lowered it)."""
@@ -197,16 +224,15 @@ class Experiment:
   def compile_timed(self) -> tuple[Program, Program, dict]:
     """(lowered, compiled, ``{part: {"lower", "compile", "lower_cpu", "compile_cpu"}}``): each program
     lowered and compiled in turn, wall seconds and this process's CPU seconds."""
-    args, lowered, compiled, seconds = self._example_args(), {}, {}, {}
-    for part, fn in self._jitted().items():
+    lowered, compiled, seconds = {}, {}, {}
+    for part, (fn, args) in self._jitted().items():
       c0, w0 = time.process_time(), time.perf_counter()
       lowered[part] = fn.lower(*args)
       c1, w1 = time.process_time(), time.perf_counter()
       compiled[part] = lowered[part].compile()
       seconds[part] = dict(lower=w1 - w0, compile=time.perf_counter() - w1, lower_cpu=c1 - c0,
                            compile_cpu=time.process_time() - c1)
-    due = self.method.refresh_due
-    return Program(**lowered, due=due), Program(**compiled, due=due), seconds
+    return self._program(lowered), self._program(compiled), seconds
 
   def time_steps(self, compiled, steps: int):
     """Runs ``steps`` steps from the initial state, blocking each; returns (seconds per step, metrics).
@@ -258,11 +284,19 @@ def build(config, dataset: data.Dataset | None = None, mesh=None) -> Experiment:
   in_specs = (jax.P(), specs, jax.P(AXIS), jax.P())
   step_fn = jax.jit(jax.shard_map(local_step, mesh=mesh, in_specs=in_specs, out_specs=(jax.P(), specs, jax.P())),
                     donate_argnums=(0, 1))
-  refresh_fn = None
-  if method.refresh_step is not None:
-    refresh_fn = jax.jit(jax.shard_map(method.refresh_step, mesh=mesh, in_specs=in_specs, out_specs=specs),
-                         donate_argnums=(1,))
-  return Experiment(config, mesh, dataset, model, method, shard, params, opt_state, specs, step_fn, refresh_fn)
+  refresh_fns, lanczos0 = None, None
+  if method.refresh is not None:
+    r = method.refresh
+    lanczos0 = jax.device_get(r.start(params))
+    lz_specs = r.specs(lanczos0)
+    lanczos0 = mesh_lib.put_tree(lanczos0, mesh, lz_specs)
+    refresh_fns = {
+        "refresh_iterate": jax.jit(jax.shard_map(r.iterate, mesh=mesh, in_specs=(jax.P(), lz_specs, jax.P(AXIS), jax.P()),
+                                                 out_specs=lz_specs), donate_argnums=(1,)),
+        "refresh_finish": jax.jit(jax.shard_map(r.finish, mesh=mesh, in_specs=(jax.P(), specs, lz_specs),
+                                                out_specs=specs), donate_argnums=(1,))}
+  return Experiment(config, mesh, dataset, model, method, shard, params, opt_state, specs, step_fn, refresh_fns,
+                    lanczos0)
 
 
 def evaluate(exp: Experiment, params) -> dict:
@@ -358,7 +392,8 @@ class StepBytes:
 
 def measure_branches(method: Method, compiled: Program, report: comm.CommReport) -> StepBytes:
   """Each branch's payload from the compiled program (``comm.collective_bytes(taken=...)``); a branch
-  with ``"refresh": True`` also runs the separate refresh program, if any, and adds its bytes.
+  with ``"refresh": True`` also runs the separate refresh programs, if any, and adds their bytes
+  (``Program.refresh_payload``: the iteration's times the iterations, plus the finish's).
 
   ``report``: the step program's count. Raises RuntimeError when the method declares branches but
   a conditional with differing costs is not decided by them (the byte log would otherwise be a guess).
@@ -367,7 +402,7 @@ def measure_branches(method: Method, compiled: Program, report: comm.CommReport)
     if compiled.refresh is not None:   # every step would log the refresh's bytes
       raise RuntimeError("a method with a separate refresh program must declare its branches (Method.branches)")
     return StepBytes(report.payload, {}, None)
-  extra = comm.collective_bytes(compiled.refresh).payload if compiled.refresh is not None else 0.0
+  extra = compiled.refresh_payload(lambda p: comm.collective_bytes(p).payload)
   text = compiled.step.as_text()
   by_branch = {}
   for label, taken in method.branches.items():
@@ -550,10 +585,11 @@ def _check_state_format(workdir: str, current: str, start: int) -> None:
 
 def _lowered_bytes(lowered: Program, say) -> float | None:
   """Collective payload per device counted in the lowered programs' dtypes (XLA:CPU sends bf16 as f32,
-  so the compiled count doubles a bf16 payload), summed over the programs (a refresh step runs both);
+  so the compiled count doubles a bf16 payload): the step's plus a refresh's (``Program.refresh_payload``);
   a diagnostic, so an unreadable program logs and gives None."""
   try:
-    return float(sum(comm.lowered_collective_bytes(p).payload for p in lowered.parts.values()))
+    step = comm.lowered_collective_bytes(lowered.step).payload
+    return step + lowered.refresh_payload(lambda p: comm.lowered_collective_bytes(p).payload)
   except ValueError as e:
     say("lowered byte count unavailable: %s", e)
     return None

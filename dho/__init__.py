@@ -4,9 +4,11 @@ Public API: ``fosi`` and the presets ``fosi_adam``, ``fosi_momentum``, ``fosi_ne
 ``fosi_sgd``; ``dho2`` (coordinate-sharded curvature, MR delay, ADMM period rule
 ``admm="reference"``) and ``consensus_admm`` (``dho2(admm="consensus")``); the curvature piece
 ``curvature`` (``LanczosPairs``, ``refresh_due``, ``maybe_refresh``, ``curvature_basis``);
-``lanczos``, ``extreme_eigenpairs``, ``hvp`` (usable on their own); ``state_specs``,
+``lanczos``, ``extreme_eigenpairs``, ``hvp`` (usable on their own; ``lanczos_start`` /
+``lanczos_iteration`` / ``LanczosState``: the same iteration one step at a time); ``state_specs``,
 ``multi_steps``, ``payload_bytes``, ``basis_bytes``; ``separate_refresh`` (a transformation's
-curvature refresh as its own function, to compile as a second program); ``coordinatewise`` (the base-optimizer
+curvature refresh as its own function, whole or one Lanczos iteration per call, to compile apart from
+the step); ``coordinatewise`` (the base-optimizer
 check); ``axis`` (the varying-axes probe and the per-device state layout).
 
 ``init`` returns the global layout: leaves that differ per device carry a leading axis of size P
@@ -28,12 +30,14 @@ from dho.curvature import LanczosPairs, Pairs, curvature_basis, maybe_refresh, r
 from dho.fosi import (MOMENTUM, ConsensusState, Dho2State, FosiState, FullBaseState, SeparateRefresh, basis_bytes,
                       consensus_admm, dho2, fosi, fosi_adam, fosi_momentum, fosi_nesterov, fosi_sgd, payload_bytes,
                       separate_refresh, state_specs)
-from dho.lanczos import Layout, LanczosResult, extreme_eigenpairs, hvp, lanczos, lanczos_dtype
+from dho.lanczos import (Layout, LanczosResult, LanczosState, ShardedLanczosState, extreme_eigenpairs, hvp,
+                         lanczos, lanczos_dtype, lanczos_iteration, lanczos_start)
 from dho import axis, coordinatewise, curvature
 from dho.axis import multi_steps
 
 __all__ = ["MOMENTUM", "ConsensusState", "Dho2State", "FosiState", "FullBaseState", "LanczosPairs", "Pairs",
            "axis", "basis_bytes", "consensus_admm", "coordinatewise", "curvature", "curvature_basis", "dho2",
            "extreme_eigenpairs", "fosi", "fosi_adam", "fosi_momentum", "fosi_nesterov", "fosi_sgd", "hvp",
-           "lanczos", "lanczos_dtype", "Layout", "LanczosResult", "maybe_refresh", "multi_steps", "payload_bytes",
+           "lanczos", "lanczos_dtype", "lanczos_iteration", "lanczos_start", "Layout", "LanczosResult",
+           "LanczosState", "ShardedLanczosState", "maybe_refresh", "multi_steps", "payload_bytes",
            "refresh_due", "SeparateRefresh", "separate_refresh", "state_specs"]

@@ -26,7 +26,8 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from dho import axis
-from dho.lanczos import Layout, LanczosResult, extreme_eigenpairs, lanczos
+from dho.lanczos import (Layout, LanczosResult, LanczosState, extreme_eigenpairs, lanczos, lanczos_iteration,
+                         lanczos_start)
 
 
 class Pairs(NamedTuple):
@@ -68,6 +69,23 @@ def maybe_refresh(due, compute: Callable[[], Pairs], current: Pairs) -> Pairs:
   return lax.cond(due, refresh, lambda: current)
 
 
+def _hvp_on_slices(loss_fn: Callable, params, batch, layout: Layout, axis_name):
+  """The operator the Lanczos iteration applies ([F] Sec. 3.1, forward-over-reverse): this device's
+  slice of ``v`` to its slice of ``H v``, the Hessian of ``loss_fn`` at ``params`` on the local
+  ``batch`` (``layout.gather`` the input; ``layout.reduce_leaves`` the output: a reduce-scatter by
+  leaf bucket when partitioned, else a ``pmean``)."""
+  flat, unravel = ravel_pytree(params)
+  dt = flat.dtype
+  p_var = axis.to_varying(params, axis_name)
+  grad = lambda q: jax.grad(loss_fn)(q, batch)
+
+  def hvp_loc(v_loc):
+    tangent = axis.to_varying(unravel(layout.gather(v_loc.astype(dt))), axis_name)
+    leaves = jax.tree.leaves(jax.jvp(grad, (p_var,), (tangent,))[1])
+    return layout.reduce_leaves([x.astype(dt) for x in leaves])
+  return hvp_loc
+
+
 def curvature_basis(loss_fn: Callable, params, batch, *, m: int, seed: int = 0, axis_name=None,
                     num_shards: int = 1, partitioned: bool = True, dtype=None) -> LanczosResult:
   """The ESE of a refresh ([F] Alg. 1): ``m`` Lanczos iterations on the Hessian of ``loss_fn`` at
@@ -79,19 +97,10 @@ def curvature_basis(loss_fn: Callable, params, batch, *, m: int, seed: int = 0, 
   reference ``b_parallel``) the HVP is ``pmean``-ed and the basis is the full (m, n) on every device.
   Public so the basis a refresh builds can be measured on a given model.
   """
-  flat, unravel = ravel_pytree(params)
-  n, dt = flat.shape[0], flat.dtype
+  n = ravel_pytree(params)[0].shape[0]
   layout = Layout.of_params(params, num_shards, axis_name, partitioned=partitioned)
-  p_var = axis.to_varying(params, axis_name)
-  grad = lambda q: jax.grad(loss_fn)(q, batch)
-
-  def hvp_loc(v_loc):
-    tangent = axis.to_varying(unravel(layout.gather(v_loc.astype(dt))), axis_name)
-    leaves = jax.tree.leaves(jax.jvp(grad, (p_var,), (tangent,))[1])
-    return layout.reduce_leaves([x.astype(dt) for x in leaves])
-
-  return lanczos(hvp_loc, n, m, jax.random.PRNGKey(seed), axis_name=axis_name if layout.sharded else None,
-                 num_shards=num_shards, dtype=dtype, layout=layout)
+  return lanczos(_hvp_on_slices(loss_fn, params, batch, layout, axis_name), n, m, jax.random.PRNGKey(seed),
+                 axis_name=axis_name if layout.sharded else None, num_shards=num_shards, dtype=dtype, layout=layout)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,11 +120,38 @@ class LanczosPairs:
   dtype: object = None
 
   def estimate(self, params, batch, dt, extra_shift=0.0) -> Pairs:
-    """New ``Pairs`` at ``params`` on ``batch``; ``1/|lambda + eig_shift + extra_shift|`` and
-    ``c = clip(|lambda_max| / |lambda_k|, 1, c_max)`` on the shifted values (consensus ADMM adds
-    its penalty rho)."""
+    """New ``Pairs`` at ``params`` on ``batch``: ``curvature_basis``, then ``pairs``."""
     res = curvature_basis(self.loss_fn, params, batch, m=self.m, seed=self.seed, axis_name=self.axis_name,
                           num_shards=self.num_shards, partitioned=self.partitioned, dtype=self.dtype)
+    return self.pairs(res, dt, extra_shift)
+
+  # The same ESE one Lanczos iteration at a time (``start``, ``iterate`` x ``iterations``, then
+  # ``pairs`` of the state's ``result()``), for a caller that runs each iteration as its own program.
+
+  def _layouts(self, params) -> tuple[Layout, Layout]:
+    """(the HVP's layout, the iteration's): the same partition when ``partitioned``, else the HVP
+    ``pmean``s and the iteration works on one replicated n-vector."""
+    hvp_layout = Layout.of_params(params, self.num_shards, self.axis_name, partitioned=self.partitioned)
+    return hvp_layout, hvp_layout if hvp_layout.sharded else Layout(hvp_layout.n)
+
+  def iterations(self, params) -> int:
+    """The number of Lanczos iterations at ``params``: ``m`` capped at the parameter count."""
+    return min(self.m, Layout.of_params(params).n)
+
+  def start(self, params) -> LanczosState:
+    """``lanczos_start`` of ``curvature_basis`` in the global layout (outside ``shard_map``, as ``init``)."""
+    _, layout = self._layouts(params)
+    return lanczos_start(layout.n, self.m, jax.random.PRNGKey(self.seed), dtype=self.dtype, layout=layout)
+
+  def iterate(self, state: LanczosState, params, batch) -> LanczosState:
+    """One ``lanczos_iteration`` of ``curvature_basis`` (one HVP at ``params`` on ``batch``)."""
+    hvp_layout, layout = self._layouts(params)
+    return lanczos_iteration(_hvp_on_slices(self.loss_fn, params, batch, hvp_layout, self.axis_name), state, layout)
+
+  def pairs(self, res: LanczosResult, dt, extra_shift=0.0) -> Pairs:
+    """``Pairs`` from a finished Lanczos run ([F] Alg. 1's last lines and Eq. (3)):
+    ``1/|lambda + eig_shift + extra_shift|`` and ``c = clip(|lambda_max| / |lambda_k|, 1, c_max)`` on
+    the shifted values (consensus ADMM adds its penalty rho)."""
     vals, vecs, ok = extreme_eigenpairs(res.tridiag, res.basis, self.k, self.l, res.valid_len)
     if not (isinstance(self.eig_floor, (int, float)) and self.eig_floor == 0):   # may be traced
       ok = ok & (jnp.abs(vals) >= self.eig_floor * jnp.max(jnp.abs(vals)))

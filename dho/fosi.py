@@ -13,12 +13,12 @@ The curvature (``dho.curvature``: the Lanczos-pairs estimator, the refresh predi
 ``lax.cond`` that runs it) is refreshed inside ``update`` at 0-based calls ``W-1, W-1+T, ...``,
 so there is one compiled step; the measured bytes of that step count the refresh branch (the
 dearest) and XLA keeps both branches' buffers. The curvature batch is the optax extra argument
-``batch`` of the same call. A caller may instead run the refresh as its own program
-(``separate_refresh(tx)``): on a scheduled call it runs ``refresh(state, params, batch)`` and then
-``update(..., refresh=False)``, the same arithmetic as the in-step refresh in two smaller programs
-(``benchmarks.compile_time`` on the CNN of ``configs/cnn_digits.py``: the one program took 15.6 s to
-lower and compile, the two take 6.1 s and 11.2 s). ``dho2(admm="consensus")`` is consensus ADMM with its own constructor and
-state (``consensus_admm``, ``ConsensusState``).
+``batch`` of the same call. A caller may instead run the refresh by itself (``separate_refresh(tx)``):
+on a scheduled call it runs ``refresh(state, params, batch)`` (or the same refresh one Lanczos
+iteration per call: ``start``, ``iterate``, ``finish``) and then ``update(..., refresh=False)``, the
+same arithmetic as the in-step refresh in smaller programs, which XLA compiles in less time each
+(the harness's split; BUILD_NOTES "Compile time per program"). ``dho2(admm="consensus")`` is
+consensus ADMM with its own constructor and state (``consensus_admm``, ``ConsensusState``).
 
 State layout. ``init`` returns the global layout: the leaves that differ per device (DHO2's
 coordinate slices, consensus ADMM's per-replica iterate, dual, velocity and base state) carry a
@@ -53,7 +53,7 @@ from jax.flatten_util import ravel_pytree
 
 from dho import axis, coordinatewise
 from dho.curvature import LanczosPairs, Pairs, curvature_basis, empty_pairs, match_vma, maybe_refresh, refresh_due
-from dho.lanczos import Layout, lanczos_dtype
+from dho.lanczos import LanczosState, Layout, lanczos_dtype
 
 MOMENTUM = ("heavy_ball", "ema", "nesterov", "none")
 ADMM = (None, "reference", "consensus")
@@ -248,9 +248,11 @@ class _Setup:
     """This call's refresh: the schedule (traced) when ``refresh`` is None, else the caller's bool."""
     return refresh_due(count, self.warmup, self.refresh_every) if refresh is None else refresh
 
-  def refresh(self, count, params, batch, pairs, dt, extra_shift=0.0, refresh=None) -> Pairs:
-    return maybe_refresh(self.due(count, refresh), lambda: self.curvature.estimate(params, batch, dt, extra_shift),
-                         pairs)
+  def refresh(self, count, params, batch, pairs, dt, extra_shift=0.0, refresh=None, estimate=None) -> Pairs:
+    """``pairs`` after this call's refresh; ``estimate``: a thunk of the new pairs (default: the
+    Lanczos ESE at ``params`` on ``batch``)."""
+    estimate = estimate or (lambda: self.curvature.estimate(params, batch, dt, extra_shift))
+    return maybe_refresh(self.due(count, refresh), estimate, pairs)
 
 
 def _setup(base, loss_fn, *, k, l, m, refresh_every, warmup, alpha, scale_clip, momentum, decay, seed,
@@ -309,16 +311,17 @@ def _init(setup: _Setup, params):
   return axis.stack(Dho2State(count, fs, disp, anchor, pending, pending_at), setup.num_shards)
 
 
-def _refreshed(setup: _Setup, state, params, batch, dt, refresh=None):
-  """(pairs, pending, pending_at) after this call's refresh (``refresh``: see ``_Setup.due``); with
-  ``curvature_delay`` D the refresh fills ``pending``, active from call t + D (MR-DHO2 emulation, [P1])."""
+def _refreshed(setup: _Setup, state, params, batch, dt, refresh=None, estimate=None):
+  """(pairs, pending, pending_at) after this call's refresh (``refresh``: see ``_Setup.due``;
+  ``estimate``: see ``_Setup.refresh``); with ``curvature_delay`` D the refresh fills ``pending``,
+  active from call t + D (MR-DHO2 emulation, [P1])."""
   fs, count = (state.fosi, state.count) if setup.dho2 else (state, state.count)
   pending, pending_at = getattr(state, "pending", None), getattr(state, "pending_at", None)
   if setup.r == 0:
     return fs.pairs, pending, pending_at
   if setup.curvature_delay == 0:
-    return setup.refresh(count, params, batch, fs.pairs, dt, refresh=refresh), pending, pending_at
-  pending = setup.refresh(count, params, batch, pending, dt, refresh=refresh)
+    return setup.refresh(count, params, batch, fs.pairs, dt, refresh=refresh, estimate=estimate), pending, pending_at
+  pending = setup.refresh(count, params, batch, pending, dt, refresh=refresh, estimate=estimate)
   due = setup.due(count, refresh)
   if due is not False:
     pending_at = jnp.where(due, count + setup.curvature_delay, pending_at)
@@ -400,15 +403,15 @@ def _require_axis(axis_name, name: str):
                      "device") from None
 
 
-def _refresh_only(setup: _Setup, state, params, batch):
+def _refresh_only(setup: _Setup, state, params, batch, estimate=None):
   """This call's scheduled refresh by itself: the pairs ``update`` would compute at ``params`` on
-  ``batch``, stored where it would keep them (the active pairs, or ``pending`` / ``pending_at`` with a
-  ``curvature_delay``); ``count`` does not advance."""
+  ``batch`` (or ``estimate()``'s), stored where it would keep them (the active pairs, or ``pending`` /
+  ``pending_at`` with a ``curvature_delay``); ``count`` does not advance."""
   if setup.dho2:
     state = axis.local(state, "dho")
   fs = state.fosi if setup.dho2 else state
   dt = ravel_pytree(params)[0].dtype
-  pairs, pending, pending_at = _refreshed(setup, state, params, batch, dt, refresh=True)
+  pairs, pending, pending_at = _refreshed(setup, state, params, batch, dt, refresh=True, estimate=estimate)
   new_fs = FosiState(fs.count, fs.base_state, fs.velocity, *pairs)
   if not setup.dho2:
     return new_fs
@@ -423,16 +426,30 @@ def _host_count(count) -> int:
 
 
 class SeparateRefresh(NamedTuple):
-  """A ``fosi`` / ``dho2`` curvature refresh as its own function (``separate_refresh``).
+  """A ``fosi`` / ``dho2`` curvature refresh as its own function (``separate_refresh``), whole or
+  one Lanczos iteration at a time.
 
   Attributes:
     due: ``state -> bool`` on the host: whether the next ``update`` call is a scheduled refresh
       (0-based call ``W-1, W-1+T, ...``; always False with ``k = l = 0``).
     refresh: ``(state, params, batch) -> state``, traced where ``update`` is (inside ``shard_map``
-      over ``axis_name``): the refresh ``update`` would run on this call, nothing else.
+      over ``axis_name``): the refresh ``update`` would run on this call, nothing else. It is
+      ``finish(state, lanczos, params)`` after ``iterations(params)`` times
+      ``lanczos = iterate(lanczos, params, batch)`` from ``lanczos = start(params)``:
+    start: ``params -> LanczosState``, the Lanczos start ([F] Alg. 1) in the global layout, outside
+      ``shard_map`` like ``init`` (``state_specs`` of it places a ``ShardedLanczosState``'s slices).
+    iterate: ``(lanczos, params, batch) -> lanczos``, traced where ``update`` is: one Lanczos
+      iteration (one Hessian-vector product on ``batch``, the same every iteration).
+    finish: ``(state, lanczos, params) -> state``, traced where ``update`` is: the Ritz pairs of the
+      finished iteration, stored where ``refresh`` stores them.
+    iterations: ``params -> int``, the number of ``iterate`` calls (``m``, capped at n).
   """
   due: Callable[[Any], bool]
   refresh: Callable[[Any, Any, Any], Any]
+  start: Callable[[Any], LanczosState]
+  iterate: Callable[[LanczosState, Any, Any], LanczosState]
+  finish: Callable[[Any, LanczosState, Any], Any]
+  iterations: Callable[[Any], int]
 
 
 def _check_refresh(name: str, refresh):
@@ -464,17 +481,34 @@ def _transformation(setup: _Setup, name: str) -> optax.GradientTransformationExt
   def due(state) -> bool:
     return setup.r > 0 and bool(refresh_due(_host_count(state.count), setup.warmup, setup.refresh_every))
 
-  update_fn.separate_refresh = SeparateRefresh(due, refresh_fn)
+  def iterate(lanczos, params, batch):
+    _require_axis(setup.axis_name, name)
+    lanczos = setup.curvature.iterate(axis.local(lanczos, f"{name} iterate"), params, batch)
+    return axis.unlocal(lanczos)
+
+  def finish(state, lanczos, params):
+    _require_axis(setup.axis_name, name)
+    result = axis.local(lanczos, f"{name} finish").result()
+    dt = ravel_pytree(params)[0].dtype
+    return _refresh_only(setup, state, params, None, lambda: setup.curvature.pairs(result, dt))
+
+  update_fn.separate_refresh = SeparateRefresh(due, refresh_fn, setup.curvature.start, iterate, finish,
+                                               setup.curvature.iterations)
   return optax.GradientTransformationExtraArgs(lambda params: _init(setup, params), update_fn)
 
 
 def separate_refresh(tx: optax.GradientTransformation) -> SeparateRefresh:
   """The curvature refresh of ``tx`` (made by ``fosi`` / ``dho2``) as its own function, so that a
-  caller can compile it as a second program instead of the in-step ``lax.cond``: on each call where
+  caller can compile it apart from the step instead of the in-step ``lax.cond``: on each call where
   ``due(state)`` is True, run ``state = refresh(state, params, batch)`` and then
   ``tx.update(grads, state, params, batch=batch, refresh=False)``; on the other calls pass
   ``refresh=False`` too. The result is the in-step refresh's, since both evaluate the same functions on
   the same inputs (the Lanczos ESE of [F] Alg. 1 at the params of the call).
+
+  ``refresh`` may also run one Lanczos iteration per program call, so that no program holds the
+  HVP loop: ``lanczos = start(params)`` (host, global layout; place it with ``state_specs``),
+  ``iterations(params)`` times ``lanczos = iterate(lanczos, params, batch)``, then
+  ``state = finish(state, lanczos, params)`` (``SeparateRefresh``).
 
   Raises ValueError for any other transformation (``consensus_admm``, or ``fosi`` inside a chain:
   take the refresh of the ``fosi`` / ``dho2`` transformation itself).

@@ -214,12 +214,105 @@ class LanczosResult(NamedTuple):
   valid_len: jax.Array
 
 
+class LanczosState(NamedTuple):
+  """The Lanczos iteration between two steps ([F] Alg. 1's loop variables): the next iteration
+  ``i``, the basis rows so far (m, s), the tridiagonal so far (m, m), the next vector ``v`` (s,),
+  whether the Krylov space broke down, the running ``max |a|`` (the breakdown scale) and the
+  number of valid rows. Every leaf is replicated, except that sharded (``ShardedLanczosState``)
+  ``basis`` and ``v`` are this device's coordinate slice."""
+  i: jax.Array
+  basis: jax.Array
+  tridiag: jax.Array
+  v: jax.Array
+  done: jax.Array
+  scale: jax.Array
+  valid_len: jax.Array
+
+  def result(self) -> LanczosResult:
+    return LanczosResult(self.tridiag, self.basis, self.valid_len)
+
+  def per_worker_fields(self):
+    return ()
+
+
+class ShardedLanczosState(LanczosState):
+  """``LanczosState`` whose ``basis`` and ``v`` are per device (the coordinate slices of [P1]):
+  ``dho.state_specs`` gives them ``P(axis)`` in the global layout (leading axis P)."""
+  __slots__ = ()
+
+  def per_worker_fields(self):
+    return ("basis", "v")
+
+
+def _start_vector(n: int, key, dt):
+  v0 = jax.random.normal(key, (n,), dt)
+  return v0 / jnp.linalg.norm(v0)
+
+
+def _first_state(v, m: int, kind=None) -> LanczosState:
+  """Iteration 0's state around the start vector ``v`` (s,). Row 0 of the basis is ``v`` (the
+  iteration sets it again): the (m, s) basis is allocated after the start vector's n-length random
+  bits are dead, not next to them (issue 14, compiled temp)."""
+  dt = v.dtype
+  basis = jnp.concatenate([v[None], jnp.zeros((m - 1, v.shape[0]), dt)])
+  return (kind or LanczosState)(jnp.zeros((), jnp.int32), basis, jnp.zeros((m, m), dt), v, jnp.array(False),
+                                jnp.zeros((), dt), jnp.zeros((), jnp.int32))
+
+
+def lanczos_start(n: int, m: int, key, *, dtype=None, layout: Layout | None = None) -> LanczosState:
+  """The state before iteration 0 in the global layout (outside ``shard_map``, as an optax
+  ``init``): the unit start vector, a standard normal of length ``n`` drawn from ``key`` in global
+  coordinates, and ``m`` (capped at ``n``) basis rows. Sharded (``layout.sharded``): a
+  ``ShardedLanczosState`` whose ``basis`` (P, m, s) and ``v`` (P, s) hold device p's slice in row p
+  (give them ``dho.state_specs``); inside ``shard_map`` ``axis.local`` takes this device's row."""
+  if m < 1:
+    raise ValueError(f"m must be >= 1, got {m}")
+  dt = lanczos_dtype(dtype)
+  m = min(int(m), int(n))
+  v0 = _start_vector(n, key, dt)
+  if layout is None or not layout.sharded:
+    return _first_state(v0, m)
+  return jax.vmap(lambda v: _first_state(v, m, ShardedLanczosState), out_axes=ShardedLanczosState(
+      None, 0, None, 0, None, None, None))(layout._blocks(v0))
+
+
+def lanczos_iteration(hvp_fn: Callable, state: LanczosState, layout: Layout) -> LanczosState:
+  """One iteration ``i`` ([F] Alg. 1's loop body, [L]): ``w = H v_i``; ``a_i = w.v_i``;
+  ``w -= V^T (V w)`` twice (full re-orthogonalisation); ``b_i = ||w||``; ``v_{i+1} = w / b_i``.
+  On breakdown (``b_i <= tol * max|a|``) later iterations leave the basis and ``T`` as they are.
+  ``hvp_fn`` as in ``lanczos``; ``layout``: the partition of ``lanczos_start`` (``Layout(n)``
+  unsharded); the dot products are ``layout.rsum`` of slice partials. Traced where ``hvp_fn`` is
+  (inside ``shard_map`` when sharded, on this device's row: ``axis.local``)."""
+  i, basis, tri, v, done, scale, valid = state
+  m = basis.shape[0]
+  dt = basis.dtype
+  tol = breakdown_tol(dt)
+  basis = basis.at[i].set(v)
+  w = hvp_fn(v).astype(dt)
+  a = layout.rsum(jnp.dot(w, v))
+  for _ in range(2):
+    w = w - layout.rsum(basis @ w) @ basis
+  b = jnp.sqrt(layout.rsum(jnp.dot(w, w)))
+  scale = jnp.maximum(scale, jnp.abs(a))
+  stop = done | (b <= tol * scale)
+  a = jnp.where(done, 0.0, a)
+  b = jnp.where(stop, 0.0, b)
+  tri = tri.at[i, i].set(a)
+  nxt = jnp.minimum(i + 1, m - 1)
+  last = i + 1 >= m
+  tri = tri.at[i, nxt].set(jnp.where(last, tri[i, nxt], b))
+  tri = tri.at[nxt, i].set(jnp.where(last, tri[nxt, i], b))
+  v = jnp.where(stop, jnp.zeros_like(w), w / jnp.where(stop, 1.0, b))
+  valid = jnp.where(done, valid, i + 1)
+  return state._replace(i=i + 1, basis=basis, tridiag=tri, v=v, done=stop, scale=scale, valid_len=valid)
+
+
 def lanczos(hvp_fn: Callable, n: int, m: int, key, *, axis_name=None, num_shards: int = 1,
             dtype=None, layout: Layout | None = None) -> LanczosResult:
-  """``m`` Lanczos iterations with full double re-orthogonalisation ([F] Alg. 1; [L]).
+  """``m`` Lanczos iterations with full double re-orthogonalisation ([F] Alg. 1; [L]):
+  the start state, then ``lanczos_iteration`` ``m`` times (a ``fori_loop``).
 
-  Builds the tridiagonal ``T = V H V^T`` with ``V`` (m x n) orthonormal rows:
-  ``w = H v_i; a_i = w.v_i; w -= V^T (V w)`` (twice); ``b_i = ||w||; v_{i+1} = w / b_i``.
+  Builds the tridiagonal ``T = V H V^T`` with ``V`` (m x n) orthonormal rows.
   Sharded (``axis_name`` set, ``num_shards = P > 1``): ``hvp_fn`` maps this device's slice of v to
   its slice of ``H v``; dot products are ``psum`` of slice partials ([P1] coordinate partition), so
   ``T`` is replicated and only ``m * s`` basis entries live on each device.
@@ -236,45 +329,14 @@ def lanczos(hvp_fn: Callable, n: int, m: int, key, *, axis_name=None, num_shards
   """
   if m < 1:
     raise ValueError(f"m must be >= 1, got {m}")
-  if layout is None or axis_name is None:
-    layout = Layout(n, num_shards if axis_name is not None else 1, axis_name)
   if axis_name is not None and num_shards < 1:
     raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+  if layout is None or axis_name is None:
+    layout = Layout(n, num_shards if axis_name is not None else 1, axis_name)
   dt = lanczos_dtype(dtype)
-  m = min(int(m), int(n))
-  tol = breakdown_tol(dt)
-  v0 = jax.random.normal(key, (n,), dt)
-  v0 = v0 / jnp.linalg.norm(v0)
-  v_loc = layout.own(v0)
-  # Row 0 is the start vector (the loop sets it again): the (m, s) basis is allocated after the
-  # start vector's n-length random bits are dead, not next to them (issue 14, compiled temp).
-  basis = jnp.concatenate([v_loc[None], jnp.zeros((m - 1, v_loc.shape[0]), dt)])
-  tri = jnp.zeros((m, m), dt)
-
-  def body(i, carry):
-    basis, tri, v, done, scale, valid = carry
-    basis = basis.at[i].set(v)
-    w = hvp_fn(v).astype(dt)
-    a = layout.rsum(jnp.dot(w, v))
-    for _ in range(2):
-      w = w - layout.rsum(basis @ w) @ basis
-    b = jnp.sqrt(layout.rsum(jnp.dot(w, w)))
-    scale = jnp.maximum(scale, jnp.abs(a))
-    stop = done | (b <= tol * scale)
-    a = jnp.where(done, 0.0, a)
-    b = jnp.where(stop, 0.0, b)
-    tri = tri.at[i, i].set(a)
-    nxt = jnp.minimum(i + 1, m - 1)
-    last = i + 1 >= m
-    tri = tri.at[i, nxt].set(jnp.where(last, tri[i, nxt], b))
-    tri = tri.at[nxt, i].set(jnp.where(last, tri[nxt, i], b))
-    v = jnp.where(stop, jnp.zeros_like(w), w / jnp.where(stop, 1.0, b))
-    valid = jnp.where(done, valid, i + 1)
-    return basis, tri, v, stop, scale, valid
-
-  init = (basis, tri, v_loc, jnp.array(False), jnp.zeros((), dt), jnp.zeros((), jnp.int32))
-  basis, tri, _, _, _, valid = lax.fori_loop(0, m, body, init)
-  return LanczosResult(tri, basis, valid)
+  state = _first_state(layout.own(_start_vector(n, key, dt)), min(int(m), int(n)))
+  state = lax.fori_loop(0, state.tridiag.shape[0], lambda _, st: lanczos_iteration(hvp_fn, st, layout), state)
+  return state.result()
 
 
 def extreme_eigenpairs(tridiag, basis, k: int, l: int = 0, valid_len=None):

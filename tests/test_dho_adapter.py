@@ -76,9 +76,11 @@ def test_logged_bytes_are_the_branch_each_step_took(name, overrides):
   assert [h["bytes"] for h in history] == [measured[label] for label in labels]
   assert history[-1]["cum_bytes"] == sum(measured[label] * n for label, n in counts.items())
   assert final["max_bytes_per_step"] == max(measured.values()) == final["analytic_bytes_per_step"] + 4
-  # the refresh is its own program (dho.separate_refresh), except under consensus ADMM (refresh in the step)
+  # the refresh runs as its own programs (dho.separate_refresh: one Lanczos iteration per call, then the
+  # pairs), except under consensus ADMM (refresh in the step)
   separate = overrides.get("algo.admm") != "consensus"
-  assert set(final["compile_s_by_program"]) == ({"step", "refresh"} if separate else {"step"})
+  assert set(final["compile_s_by_program"]) == ({"step", "refresh_iterate", "refresh_finish"} if separate
+                                                else {"step"})
   plain = measured.get("plain", measured.get("local"))
   assert history[-1]["cum_bytes"] < 0.5 * final["max_bytes_per_step"] * 20 and plain < measured["refresh+" + (
       "plain" if "plain" in measured else "local")] / 10

@@ -72,11 +72,10 @@ class Method:
     state_format: how the optimizer state lays out what its shapes do not pin down (e.g. which
       device holds which coordinate); stored in the workdir, and a resume whose code lays the state
       out differently is refused instead of restoring it in the wrong order ("": nothing to record).
-    refresh_step: ``(params, opt_state, shard, key) -> opt_state`` per device, or None: a curvature
-      refresh compiled as its own program (``dho.separate_refresh``), which the loop runs before
-      ``local_step`` on the steps ``refresh_due`` names; ``local_step`` then does not refresh. A branch
-      of ``branches`` with ``"refresh": True`` runs it, so its bytes are the two programs' sum.
-    refresh_due: ``opt_state -> bool`` on the host (read from the state's own step count).
+    refresh: a ``Refresh`` (a curvature refresh compiled as programs of its own, which the loop
+      runs before ``local_step`` on the steps its ``due`` names; ``local_step`` then does not
+      refresh), or None. A branch of ``branches`` with ``"refresh": True`` runs it, so its bytes are
+      the step's plus the refresh's.
   """
   init_state: Callable[[Any, jax.Array], Any]
   local_step: LocalStep
@@ -87,8 +86,28 @@ class Method:
   branch_of: Callable[[int], str] | None = None
   analytic_branches: dict[str, float] | None = None
   state_format: str = ""
-  refresh_step: Callable[[Any, Any, Shard, jax.Array], Any] | None = None
-  refresh_due: Callable[[Any], bool] | None = None
+  refresh: "Refresh | None" = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Refresh:
+  """A curvature refresh run one Lanczos iteration per program call (``dho.separate_refresh``):
+  ``finish`` after ``iterations`` calls of ``iterate`` from ``start``, on the step's own minibatch.
+
+  Attributes:
+    due: ``opt_state -> bool`` on the host (read from the state's own step count).
+    start: ``params -> lanczos`` on the host, global layout (placed with ``specs``).
+    iterate: ``(params, lanczos, shard, key) -> lanczos`` per device.
+    finish: ``(params, opt_state, lanczos) -> opt_state`` per device.
+    iterations: calls of ``iterate`` per refresh.
+    specs: ``lanczos -> PartitionSpec tree``.
+  """
+  due: Callable[[Any], bool]
+  start: Callable[[Any], Any]
+  iterate: Callable[[Any, Any, Shard, jax.Array], Any]
+  finish: Callable[[Any, Any, Any], Any]
+  iterations: int
+  specs: Callable[[Any], Any]
 
 
 def replicated_specs(tree) -> Any:
@@ -106,8 +125,7 @@ def local_gradient_method(ctx: BuildContext, tx: optax.GradientTransformation, *
                           state_specs: Callable | None = None,
                           analytic_payload: float | None = None,
                           describe: str = "",
-                          refresh_fn: Callable | None = None,
-                          refresh_due: Callable | None = None) -> Method:
+                          separate_refresh: Any = None) -> Method:
   """The standard step: local minibatch, local gradient, ``tx`` does the exchange.
 
   The gradient is taken at ``lax.pcast(params, axis, to="varying")`` so it is this
@@ -124,8 +142,8 @@ def local_gradient_method(ctx: BuildContext, tx: optax.GradientTransformation, *
       leaves that differ per worker (``tx.init`` already gives them a leading axis of size P and
       ``tx.update`` takes each device's row). Default: everything replicated.
     analytic_payload, describe: see ``Method``.
-    refresh_fn: ``(opt_state, params, batch) -> opt_state``, a refresh run as its own program on the
-      step's own minibatch (the same rows ``local_step`` samples); ``refresh_due``: see ``Method``.
+    separate_refresh: a ``dho.SeparateRefresh`` of ``tx`` (or None), run as ``Method.refresh`` on
+      the step's own minibatch (the same rows ``local_step`` samples).
   """
   axis = ctx.axis_name
   grad_fn = grad_fn or jax.value_and_grad(ctx.loss_fn)
@@ -146,12 +164,16 @@ def local_gradient_method(ctx: BuildContext, tx: optax.GradientTransformation, *
     params = optax.apply_updates(params, updates)
     return params, opt_state, {"loss": lax.pmean(loss, axis)}
 
-  def refresh_step(params, opt_state, shard, key):
-    return refresh_fn(opt_state, params, local_batch(shard, key))
-
+  refresh = None
+  if separate_refresh is not None:
+    sep = separate_refresh
+    refresh = Refresh(
+        due=sep.due, start=sep.start,
+        iterate=lambda params, lanczos, shard, key: sep.iterate(lanczos, params, local_batch(shard, key)),
+        finish=lambda params, opt_state, lanczos: sep.finish(opt_state, lanczos, params),
+        iterations=sep.iterations(ctx.params), specs=lambda lanczos: specs(lanczos, axis))
   return Method(init_state=init_state, local_step=local_step, state_specs=lambda state: specs(state, axis),
-                analytic_payload=analytic_payload, describe=describe,
-                refresh_step=refresh_step if refresh_fn else None, refresh_due=refresh_due)
+                analytic_payload=analytic_payload, describe=describe, refresh=refresh)
 
 
 def param_count(params) -> int:

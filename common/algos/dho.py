@@ -159,14 +159,14 @@ def build(config, ctx: BuildContext) -> Method:
     describe = (f"{a.variant}: k={a.k} l={a.l} m={a.m or 4 * (a.k + a.l)} T={a.refresh_every} alpha={a.alpha} "
                 f"on {config.optimizer}(lr={config.lr}); analytic bytes/device: {analytic['plain']} plain step, "
                 f"{analytic['refresh+plain']} refresh step; each step logs the bytes of the branch it takes")
-  # the refresh compiles as its own program (the step without the HVP loop compiles in under half the
-  # one-program time); consensus ADMM keeps its in-step refresh (it also gathers the eigenvector rows)
+  # the refresh runs as programs of its own, one Lanczos iteration (one HVP) per call, so that no
+  # program holds the HVP loop (issue 14, compile time); consensus ADMM keeps its in-step refresh
+  # (it also gathers the eigenvector rows)
   separate = dho.separate_refresh(tx) if not consensus and a.k + a.l > 0 else None
   extra = {"refresh": False} if separate else {}
   method = local_gradient_method(
       ctx, tx, extra_args_fn=lambda params, batch, key: {"batch": batch, **extra},
-      state_specs=dho.state_specs, analytic_payload=largest, describe=describe,
-      refresh_fn=separate.refresh if separate else None, refresh_due=separate.due if separate else None)
+      state_specs=dho.state_specs, analytic_payload=largest, describe=describe, separate_refresh=separate)
   # dho2's coordinate partition (bucketed since ce4be1e): a checkpoint of another layout restores with
   # equal shapes but permuted coordinates, so the workdir records it
   layout = dho.Layout.of_params(ctx.params, ctx.num_devices) if sharded else None
