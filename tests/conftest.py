@@ -1,11 +1,24 @@
 """Test session setup: 8 simulated CPU devices, set before JAX starts its backend."""
 import os
+import shutil
 import sys
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
   os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
+
+# One persistent compilation cache per test session (jax's own), shared by the xdist workers and by the
+# launch.py processes tests start (they inherit the environment): a program another process already
+# compiled is loaded instead of compiled again (the same executable, so every result is unchanged).
+# Only programs that took >= 0.5 s to compile are stored: jax's cache key ignores source locations, so
+# tests that read function names from small synthetic programs (tests/test_comm.py) compile their own.
+# The directory is removed when the session ends (pytest_unconfigure).
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jax-test-cache-")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -64,3 +77,8 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if item.nodeid in SLOW_TIER:
       item.add_marker(pytest.mark.slow)
+
+
+def pytest_unconfigure(config):
+  if _OWN_CACHE and not hasattr(config, "workerinput"):   # the process that made the cache directory
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
