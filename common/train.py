@@ -201,12 +201,12 @@ class Experiment:
 
   def _jitted(self) -> dict:
     """{part: (jitted program, example arguments)}."""
-    step_args = (self.params, self.opt_state, self.shard, self.key(0))
-    if self.refresh_fns is None:
-      return {"step": (self.step_fn, step_args)}
-    return {"step": (self.step_fn, step_args),
-            "refresh_iterate": (self.refresh_fns["refresh_iterate"], (self.params, self.lanczos0, self.shard, self.key(0))),
-            "refresh_finish": (self.refresh_fns["refresh_finish"], (self.params, self.opt_state, self.lanczos0))}
+    key = self.key(0)
+    table = {"step": (self.step_fn, (self.params, self.opt_state, self.shard, key))}
+    if self.refresh_fns is not None:
+      table["refresh_iterate"] = (self.refresh_fns["refresh_iterate"], (self.params, self.lanczos0, self.shard, key))
+      table["refresh_finish"] = (self.refresh_fns["refresh_finish"], (self.params, self.opt_state, self.lanczos0))
+    return table
 
   def _program(self, parts: dict) -> Program:
     if self.refresh_fns is None:
@@ -290,11 +290,11 @@ def build(config, dataset: data.Dataset | None = None, mesh=None) -> Experiment:
     lanczos0 = jax.device_get(r.start(params))
     lz_specs = r.specs(lanczos0)
     lanczos0 = mesh_lib.put_tree(lanczos0, mesh, lz_specs)
-    refresh_fns = {
-        "refresh_iterate": jax.jit(jax.shard_map(r.iterate, mesh=mesh, in_specs=(jax.P(), lz_specs, jax.P(AXIS), jax.P()),
-                                                 out_specs=lz_specs), donate_argnums=(1,)),
-        "refresh_finish": jax.jit(jax.shard_map(r.finish, mesh=mesh, in_specs=(jax.P(), specs, lz_specs),
-                                                out_specs=specs), donate_argnums=(1,))}
+    iterate = jax.shard_map(r.iterate, mesh=mesh, in_specs=(jax.P(), lz_specs, jax.P(AXIS), jax.P()),
+                            out_specs=lz_specs)
+    finish = jax.shard_map(r.finish, mesh=mesh, in_specs=(jax.P(), specs, lz_specs), out_specs=specs)
+    refresh_fns = {"refresh_iterate": jax.jit(iterate, donate_argnums=(1,)),
+                   "refresh_finish": jax.jit(finish, donate_argnums=(1,))}
   return Experiment(config, mesh, dataset, model, method, shard, params, opt_state, specs, step_fn, refresh_fns,
                     lanczos0)
 

@@ -146,7 +146,8 @@ class LanczosPairs:
   def iterate(self, state: LanczosState, params, batch) -> LanczosState:
     """One ``lanczos_iteration`` of ``curvature_basis`` (one HVP at ``params`` on ``batch``)."""
     hvp_layout, layout = self._layouts(params)
-    return lanczos_iteration(_hvp_on_slices(self.loss_fn, params, batch, hvp_layout, self.axis_name), state, layout)
+    hvp = _hvp_on_slices(self.loss_fn, params, batch, hvp_layout, self.axis_name)
+    return lanczos_iteration(hvp, state, layout)
 
   def pairs(self, res: LanczosResult, dt, extra_shift=0.0) -> Pairs:
     """``Pairs`` from a finished Lanczos run ([F] Alg. 1's last lines and Eq. (3)):

@@ -49,8 +49,10 @@ SLOW_TIER = {
     "tests/test_conformance.py::test_chain_and_inject_hyperparams[vr_prox_dap_svrg_pmean_exact]": "[vr_prox_tap_svrg_elastic_net]; 8 s",
     "tests/test_conformance.py::test_chain_and_inject_hyperparams[sign1bit_one_bit_gc_linf]": "[sign1bit_one_bit_gc_const]; 11 s",
     # dho: sharded == unsharded and the adapter, one base optimizer / config stays
-    "tests/test_dho_sharded.py::test_sharded_equals_unsharded[adam]": "[hb], conformance dho2_adam; 48 s",
-    "tests/test_dho_sharded.py::test_sharded_equals_unsharded[sgd]": "[hb]; 31 s",
+    "tests/test_dho_sharded.py::test_sharded_equals_unsharded[adam]": "test_bucketed_layout_equals_unsharded, conformance dho2_adam; 48 s",
+    "tests/test_dho_sharded.py::test_sharded_equals_unsharded[sgd]": "test_bucketed_layout_equals_unsharded; 31 s",
+    "tests/test_dho_sharded.py::test_sharded_equals_unsharded[hb]": "test_bucketed_layout_equals_unsharded (dho2 == fosi "
+                                                                  "on one device, P 2 and 8, Adam); 27 s",
     "tests/test_dho.py::test_reference_mlp_sanity_matches_full_hessian": "a sanity reproduction; planted-quadratic eigh tests stay; 30 s",
     "tests/test_dho_base.py::test_base_state_built_from_params[1-adam]": "[8-schedule_free_sgd] (the bug case); 17 s",
     "tests/test_dho_base.py::test_base_state_built_from_params[1-schedule_free_sgd]": "[8-schedule_free_sgd]; 13 s",
