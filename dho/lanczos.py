@@ -244,19 +244,24 @@ class ShardedLanczosState(LanczosState):
     return ("basis", "v")
 
 
-def _start_vector(n: int, key, dt):
-  v0 = jax.random.normal(key, (n,), dt)
-  return v0 / jnp.linalg.norm(v0)
+def _start_vector(n: int, m: int, key, dtype):
+  """(the unit start vector, a standard normal of length ``n`` from ``key`` in global coordinates;
+  ``m`` capped at ``n``)."""
+  if m < 1:
+    raise ValueError(f"m must be >= 1, got {m}")
+  v0 = jax.random.normal(key, (n,), lanczos_dtype(dtype))
+  return v0 / jnp.linalg.norm(v0), min(int(m), int(n))
 
 
-def _first_state(v, m: int, kind=None) -> LanczosState:
-  """Iteration 0's state around the start vector ``v`` (s,). Row 0 of the basis is ``v`` (the
-  iteration sets it again): the (m, s) basis is allocated after the start vector's n-length random
-  bits are dead, not next to them (issue 14, compiled temp)."""
+def _first_state(v, m: int, kind=LanczosState) -> LanczosState:
+  """Iteration 0's state around the start vector ``v`` (s,), or one per device (P, s) with the
+  basis (P, m, s). Row 0 of the basis is ``v`` (the iteration sets it again): the basis is
+  allocated after the start vector's n-length random bits are dead, not next to them (issue 14,
+  compiled temp)."""
   dt = v.dtype
-  basis = jnp.concatenate([v[None], jnp.zeros((m - 1, v.shape[0]), dt)])
-  return (kind or LanczosState)(jnp.zeros((), jnp.int32), basis, jnp.zeros((m, m), dt), v, jnp.array(False),
-                                jnp.zeros((), dt), jnp.zeros((), jnp.int32))
+  basis = jnp.concatenate([v[..., None, :], jnp.zeros(v.shape[:-1] + (m - 1, v.shape[-1]), dt)], axis=-2)
+  return kind(jnp.zeros((), jnp.int32), basis, jnp.zeros((m, m), dt), v, jnp.array(False), jnp.zeros((), dt),
+              jnp.zeros((), jnp.int32))
 
 
 def lanczos_start(n: int, m: int, key, *, dtype=None, layout: Layout | None = None) -> LanczosState:
@@ -265,15 +270,10 @@ def lanczos_start(n: int, m: int, key, *, dtype=None, layout: Layout | None = No
   coordinates, and ``m`` (capped at ``n``) basis rows. Sharded (``layout.sharded``): a
   ``ShardedLanczosState`` whose ``basis`` (P, m, s) and ``v`` (P, s) hold device p's slice in row p
   (give them ``dho.state_specs``); inside ``shard_map`` ``axis.local`` takes this device's row."""
-  if m < 1:
-    raise ValueError(f"m must be >= 1, got {m}")
-  dt = lanczos_dtype(dtype)
-  m = min(int(m), int(n))
-  v0 = _start_vector(n, key, dt)
+  v0, m = _start_vector(n, m, key, dtype)
   if layout is None or not layout.sharded:
     return _first_state(v0, m)
-  return jax.vmap(lambda v: _first_state(v, m, ShardedLanczosState), out_axes=ShardedLanczosState(
-      None, 0, None, 0, None, None, None))(layout._blocks(v0))
+  return _first_state(layout._blocks(v0), m, ShardedLanczosState)
 
 
 def lanczos_iteration(hvp_fn: Callable, state: LanczosState, layout: Layout) -> LanczosState:
@@ -327,14 +327,12 @@ def lanczos(hvp_fn: Callable, n: int, m: int, key, *, axis_name=None, num_shards
   Returns:
     ``LanczosResult(tridiag, basis, valid_len)``.
   """
-  if m < 1:
-    raise ValueError(f"m must be >= 1, got {m}")
   if axis_name is not None and num_shards < 1:
     raise ValueError(f"num_shards must be >= 1, got {num_shards}")
   if layout is None or axis_name is None:
     layout = Layout(n, num_shards if axis_name is not None else 1, axis_name)
-  dt = lanczos_dtype(dtype)
-  state = _first_state(layout.own(_start_vector(n, key, dt)), min(int(m), int(n)))
+  v0, m = _start_vector(n, m, key, dtype)
+  state = _first_state(layout.own(v0), m)
   state = lax.fori_loop(0, state.tridiag.shape[0], lambda _, st: lanczos_iteration(hvp_fn, st, layout), state)
   return state.result()
 
